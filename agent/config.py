@@ -1,0 +1,135 @@
+"""Options of the agent: defaults, ``NNWATCH_*`` environment variables, validation at attach()."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+DEFAULT_PORT = 9945
+"""Default /metrics port (plus LOCAL_RANK in distributed jobs)."""
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every knob of the agent. Each field can also be set with ``NNWATCH_<FIELD>`` in the environment;
+    an explicit argument to ``attach()`` wins over the environment, which wins over the default."""
+
+    port: int | None = DEFAULT_PORT
+    """TCP port of /metrics; 0 picks a free port, None serves nothing. LOCAL_RANK is added when set."""
+    addr: str = "0.0.0.0"
+    """Address the /metrics server binds to."""
+    tls_cert: str | None = None
+    """Path of a PEM certificate; with ``tls_key`` /metrics is served over HTTPS."""
+    tls_key: str | None = None
+    """Path of the PEM private key matching ``tls_cert``."""
+    sample_every: int = 10
+    """Heavy statistics (norms, update ratios, activations) are computed every this many steps."""
+    activations: bool = True
+    """Observe activation functions (modules and functional calls) on sampled steps."""
+    update_ratios: bool = True
+    """Measure update norm / weight norm across sampled optimizer steps (needs a transient weight copy)."""
+    update_copy_max_bytes: int = 512 * 2**20
+    """Largest transient weight copy for update ratios, in bytes; bigger models are measured a slice of
+    layers per sampled step, in rotation."""
+    dead_window: int = 8
+    """A unit counts as dead when it was never positive in this many consecutive sampled forward passes."""
+    max_modules: int = 200
+    """Cap on per-module series (each of: parameter layers, activations). Totals always cover the whole model."""
+    num_classes: int | None = None
+    """Number of classes of a classification loss; enables the loss-at-init check (expects ln(num_classes))."""
+    expected_initial_loss: float | None = None
+    """Expected first loss, for losses that are not plain cross-entropy over ``num_classes`` classes."""
+    stall_seconds: float | None = None
+    """Hard limit in seconds without a completed step before training_stalled fires (None: learned only)."""
+    webhook_url: str | None = None
+    """Slack-compatible incoming-webhook URL that receives each new finding and its resolution."""
+    log_findings: bool = True
+    """Log each finding and its resolution through the ``nnwatch`` logger."""
+    checks: bool = True
+    """Run the in-process check engine on each sampled step."""
+
+    @classmethod
+    def resolve(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> "Options":
+        """Build options from explicit arguments, then ``NNWATCH_*`` variables, then defaults; validate."""
+        env = os.environ if env is None else env
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in explicit if k not in names)
+        if unknown:
+            raise TypeError(
+                f"attach() got unknown option(s) {', '.join(unknown)}; valid options are: {', '.join(sorted(names))}"
+            )
+        values: dict[str, Any] = {}
+        for name, f in names.items():
+            if name in explicit and explicit[name] is not _UNSET:
+                values[name] = explicit[name]
+            elif f"NNWATCH_{name.upper()}" in env:
+                values[name] = _parse_env(name, f, env[f"NNWATCH_{name.upper()}"])
+        opts = cls(**values)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """Raise ValueError/TypeError naming the bad option and what to pass instead."""
+        if self.port is not None:
+            if isinstance(self.port, bool) or not isinstance(self.port, int):
+                raise TypeError(f"port must be an int in 0..65535 or None, got {self.port!r}")
+            if not 0 <= self.port <= 65535:
+                raise ValueError(f"port must be in 0..65535 (0 picks a free port) or None to serve nothing, got {self.port}")
+        for name in ("sample_every", "dead_window", "max_modules"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.update_copy_max_bytes, int) or self.update_copy_max_bytes < 0:
+            raise ValueError(f"update_copy_max_bytes must be an int >= 0, got {self.update_copy_max_bytes!r}")
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2
+        ):
+            raise ValueError(f"num_classes must be an int >= 2 (the number of classes of the loss) or None, got {self.num_classes!r}")
+        if self.expected_initial_loss is not None and not _finite_number(self.expected_initial_loss):
+            raise ValueError(f"expected_initial_loss must be a finite number, got {self.expected_initial_loss!r}")
+        if self.stall_seconds is not None and (not _finite_number(self.stall_seconds) or self.stall_seconds <= 0):
+            raise ValueError(f"stall_seconds must be a positive number of seconds or None, got {self.stall_seconds!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key (PEM file paths), or neither")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name} file not found: {path!r}")
+        if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http(s):// URL (e.g. a Slack incoming webhook)")
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _parse_env(name: str, f: dataclasses.Field, raw: str) -> Any:
+    """Parse one NNWATCH_* value by the field's declared type; errors name the variable."""
+    var = f"NNWATCH_{name.upper()}"
+    text = raw.strip()
+    kind = str(f.type)
+    try:
+        if kind.startswith("bool"):
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if "None" in kind and text.lower() in ("", "none", "off"):
+            return None
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+        return text
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a valid {kind.split(' ')[0]} for option {name}") from None
+
+
+__all__ = ["Options", "DEFAULT_PORT"]

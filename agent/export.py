@@ -1,0 +1,275 @@
+"""Prometheus export: a custom collector over the monitor's host state, and the /metrics HTTP server.
+
+The collector only reads host values (the latest immutable Snapshot and plain counters); it never
+touches a device tensor, so a scrape cannot slow or sync the training step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import weakref
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ._version import __version__
+from .config import Options
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
+log = logging.getLogger("nnwatch")
+
+
+def distributed_labels(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``rank``/``local_rank`` labels in a multi-process job (WORLD_SIZE > 1), else none."""
+    env = dict(os.environ) if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    if world <= 1:
+        return {}
+    return {"rank": env.get("RANK", "0"), "local_rank": env.get("LOCAL_RANK", "0")}
+
+
+def spread_select(names: Sequence[str], cap: int, keep: set[str]) -> list[str]:
+    """Pick at most ``cap`` names: every name in ``keep`` first, then evenly spaced over the model's depth
+    (first and last included), so a capped 1,000-layer model still shows its whole depth."""
+    if len(names) <= cap:
+        return list(names)
+    chosen = [n for n in names if n in keep][:cap]
+    room = cap - len(chosen)
+    rest = [n for n in names if n not in keep]
+    if room > 0 and rest:
+        if room == 1:
+            picks = [rest[0]]
+        else:
+            picks = [rest[round(k * (len(rest) - 1) / (room - 1))] for k in range(room)]
+        chosen.extend(dict.fromkeys(picks))
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(set(chosen), key=order.__getitem__)
+
+
+class NNWatchCollector:
+    """Yields every ``nnwatch_*`` family from a monitor; holds the monitor weakly."""
+
+    def __init__(self, monitor: "Monitor", extra_labels: dict[str, str] | None = None) -> None:
+        self._monitor = weakref.ref(monitor)
+        self._extra = dict(extra_labels if extra_labels is not None else distributed_labels())
+
+    def describe(self) -> list[Metric]:
+        return []  # registration must not call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        monitor = self._monitor()
+        if monitor is None:
+            return
+        try:
+            yield from self._collect(monitor)
+        except Exception:  # noqa: BLE001 - a raising collector would fail the whole scrape
+            monitor.guard.failed("export")
+
+    # helpers -----------------------------------------------------------------------------------
+    def _family(self, kind: str, name: str, doc: str, labels: Sequence[str] = (), unit: str = "") -> Any:
+        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        return cls(name, doc, labels=[*self._extra, *labels], unit=unit)
+
+    def _one(self, kind: str, name: str, doc: str, value: float | None, **labels: str) -> Iterator[Metric]:
+        fam = self._family(kind, name, doc, list(labels))
+        if value is not None:
+            fam.add_metric([*self._extra.values(), *labels.values()], value)
+            yield fam
+
+    def _collect(self, m: "Monitor") -> Iterator[Metric]:
+        ev = list(self._extra.values())
+        snap = m.snapshot
+        opts = m.options
+
+        info = self._family("gauge", "nnwatch_build_info", "nnwatch agent build: version, torch and Python versions (always 1).",
+                            ["version", "torch_version", "python_version"])
+        info.add_metric([*ev, __version__, torch.__version__, platform.python_version()], 1)
+        yield info
+
+        # Every step.
+        yield from self._one("counter", "nnwatch_steps", "Training steps completed in this process.", m.steps_in_process)
+        yield from self._one("gauge", "nnwatch_step", "Current global training step (continues across restarts from a checkpoint).", m.step_index)
+        yield from self._one("counter", "nnwatch_sampled_steps", "Steps on which the heavy statistics were computed.", m.sampled_steps)
+        yield from self._one("gauge", "nnwatch_sample_interval_steps", "Heavy statistics are computed every this many steps.", opts.sample_every)
+        yield from self._one("gauge", "nnwatch_step_duration_seconds", "Wall time of the last training step.", m.last_step_seconds)
+        yield from self._one("counter", "nnwatch_step_time_seconds", "Wall time of all training steps; rate() over rate(nnwatch_steps_total) is the mean step time.", m.step_seconds_total)
+        yield from self._one("gauge", "nnwatch_last_step_timestamp_seconds", "Unix time at which the last step completed.", m.last_step_wall)
+        if m.samples_total:
+            yield from self._one("counter", "nnwatch_samples", "Training samples processed (first dimension of the model input).", m.samples_total)
+            yield from self._one("gauge", "nnwatch_samples_per_second", "Training samples per second over the last step.", m.samples_per_second)
+        lr = self._family("gauge", "nnwatch_learning_rate", "Learning rate per optimizer param group.", ["param_group"])
+        for k, v in enumerate(m.learning_rates):
+            lr.add_metric([*ev, str(k)], v)
+        yield lr
+
+        # Agent health.
+        err = self._family("counter", "nnwatch_agent_errors", "Failures inside the agent's own probes (training continued).", ["probe"])
+        for probe, n in sorted(m.guard.errors.items()):
+            err.add_metric([*ev, probe], n)
+        yield err
+        yield from self._one("counter", "nnwatch_agent_time_seconds", "Time the agent spent on the training thread.", m.guard.seconds)
+        yield from self._one("gauge", "nnwatch_agent_overhead_ratio", "Agent time as a share of step time over the last sample interval (0..1).", m.overhead_ratio)
+        yield from self._one("counter", "nnwatch_eval_in_train_mode_forwards", "Forward passes without autograd while dropout/batch-norm modules were in training mode.", m.eval_in_train_forwards)
+        const = self._family("gauge", "nnwatch_constant_weights", "Layers with a >= 2-D weight of zero spread at attach (1 = constant).", ["module"])
+        for module in m.constant_weights:
+            const.add_metric([*ev, module], 1)
+        yield const
+        yield from self._findings(m, ev)
+
+        if snap is None:
+            return
+        yield from self._one("gauge", "nnwatch_last_sample_timestamp_seconds", "Unix time of the last sampled step.", snap.time)
+        yield from self._one("gauge", "nnwatch_loss", "Mean training loss logged since the previous sampled step.", snap.loss)
+        yield from self._one("gauge", "nnwatch_initial_loss", "First training loss logged (compare with ln(num_classes)).", snap.first_loss)
+        if opts.num_classes or opts.expected_initial_loss is not None:
+            import math
+
+            expected = opts.expected_initial_loss if opts.expected_initial_loss is not None else math.log(opts.num_classes or 1)
+            yield from self._one("gauge", "nnwatch_expected_initial_loss", "Loss expected at initialisation (ln(num_classes) or the configured value).", expected)
+        yield from self._one("gauge", "nnwatch_validation_loss", "Last validation loss logged.", snap.val_loss)
+        logged = self._family("gauge", "nnwatch_logged_value", "Other scalars passed to monitor.log(), by name.", ["name"])
+        for name, v in sorted(m.logged_values.items()):
+            logged.add_metric([*ev, name], v)
+        yield logged
+
+        # Totals over the whole model.
+        yield from self._one("gauge", "nnwatch_global_gradient_norm", "L2 norm of all gradients of the model.", snap.grad_norm)
+        yield from self._one("gauge", "nnwatch_global_weight_norm", "L2 norm of all trainable weights of the model.", snap.weight_norm)
+        yield from self._one("gauge", "nnwatch_global_update_ratio", "Update L2 norm / weight L2 norm across the last sampled optimizer step (healthy around 1e-3).", snap.update_ratio)
+        yield from self._one("gauge", "nnwatch_uncleared_gradient_norm", "L2 norm of gradients already present when the first backward after an optimizer step began (0 when zero_grad ran).", snap.uncleared_grad_norm)
+        yield from self._one("gauge", "nnwatch_model_parameters", "Trainable parameter elements of the model.", sum(l.params for l in snap.layers))
+        gnf = self._family("gauge", "nnwatch_global_nonfinite_elements", "NaN/Inf elements on the last sampled step, by tensor kind.", ["tensor"])
+        for kind in ("gradient", "weight", "activation", "loss"):
+            gnf.add_metric([*ev, kind], snap.nonfinite(kind))
+        yield gnf
+        yield from self._one("gauge", "nnwatch_global_parameters_without_gradient", "Trainable parameter tensors whose gradient stayed None through backward.", sum(l.params_without_grad for l in snap.layers))
+
+        # Per layer, capped.
+        firing = {f.module for f in m.findings if f.module}
+        names = [l.module for l in snap.layers]
+        keep = set(spread_select(names, opts.max_modules, firing))
+        layers = [l for l in snap.layers if l.module in keep]
+        acts_names = [a.key for a in snap.activations]
+        keep_acts = set(spread_select(acts_names, opts.max_modules, firing))
+        acts = [a for a in snap.activations if a.key in keep_acts]
+        capped = self._family("gauge", "nnwatch_series_capped_modules", "Modules left out of per-module series by the max_modules cap (totals still include them).", ["kind"])
+        capped.add_metric([*ev, "layer"], len(names) - len(layers))
+        capped.add_metric([*ev, "activation"], len(acts_names) - len(acts) + len(m.probe.dropped_sites))
+        yield capped
+
+        gn = self._family("gauge", "nnwatch_gradient_norm", "L2 norm of a layer's gradients.", ["module"])
+        wn = self._family("gauge", "nnwatch_weight_norm", "L2 norm of a layer's trainable weights.", ["module"])
+        ur = self._family("gauge", "nnwatch_update_ratio", "A layer's update L2 norm / weight L2 norm across the last sampled optimizer step.", ["module"])
+        nograd = self._family("gauge", "nnwatch_parameters_without_gradient", "A layer's trainable parameter tensors whose gradient stayed None through backward.", ["module"])
+        nf = self._family("gauge", "nnwatch_nonfinite_elements", "NaN/Inf elements on the last sampled step, by tensor kind and module.", ["tensor", "module"])
+        for l in layers:
+            lv = [*ev, l.module]
+            if l.grad_norm is not None:
+                gn.add_metric(lv, l.grad_norm)
+            wn.add_metric(lv, l.weight_norm)
+            if l.update_ratio is not None:
+                ur.add_metric(lv, l.update_ratio)
+            nograd.add_metric(lv, l.params_without_grad)
+            nf.add_metric([*ev, "gradient", l.module], l.grad_nonfinite)
+            nf.add_metric([*ev, "weight", l.module], l.weight_nonfinite)
+        dead = self._family("gauge", "nnwatch_activation_dead_ratio", "Fraction of an activation's units never positive over the dead window (ReLU family).", ["module", "activation"])
+        sat = self._family("gauge", "nnwatch_activation_saturated_ratio", "Fraction of an activation's outputs in its flat region (tanh/sigmoid family).", ["module", "activation"])
+        for a in acts:
+            av = [*ev, a.key, a.kind]
+            if a.dead_ratio is not None:
+                dead.add_metric(av, a.dead_ratio)
+            if a.saturated_ratio is not None:
+                sat.add_metric(av, a.saturated_ratio)
+            nf.add_metric([*ev, "activation", a.key], a.nonfinite)
+        yield from (gn, wn, ur, nograd, nf, dead, sat)
+
+        # Memory at the step boundary.
+        mem = snap.memory
+        yield from self._one("gauge", "nnwatch_host_resident_memory_bytes", "Resident set size of the training process at the last sampled step boundary.", mem.host_rss)
+        for name, values, doc in (
+            ("nnwatch_cuda_memory_allocated_bytes", mem.cuda_allocated, "Bytes held by tensors in the CUDA caching allocator at the step boundary."),
+            ("nnwatch_cuda_memory_reserved_bytes", mem.cuda_reserved, "Bytes reserved by the CUDA caching allocator at the step boundary."),
+            ("nnwatch_cuda_memory_peak_allocated_bytes", mem.cuda_peak, "Peak bytes held by tensors since the process started."),
+        ):
+            fam = self._family("gauge", name, doc, ["device"])
+            for dev, v in values.items():
+                fam.add_metric([*ev, dev], v)
+            yield fam
+        nvml = m.memory_reader.nvml()
+        used = self._family("gauge", "nnwatch_gpu_memory_used_bytes", "Device memory in use on the GPU (NVML), read at scrape time.", ["device"])
+        total = self._family("gauge", "nnwatch_gpu_memory_total_bytes", "Device memory of the GPU (NVML).", ["device"])
+        for dev, (u, t) in nvml.items():
+            used.add_metric([*ev, dev], u)
+            total.add_metric([*ev, dev], t)
+        yield used
+        yield total
+
+    def _findings(self, m: "Monitor", ev: list[str]) -> Iterator[Metric]:
+        active = self._family("gauge", "nnwatch_finding_active", "1 while a check is firing for a module (module is empty for model-wide checks).", ["check", "severity", "module"])
+        for f in m.findings:
+            active.add_metric([*ev, f.check, f.severity, f.module or ""], 1)
+        yield active
+        engine = m.engine
+        if engine is not None:
+            total = self._family("counter", "nnwatch_findings", "Findings raised since the process started, by check and severity.", ["check", "severity"])
+            for (check, severity), n in sorted(engine.raised.items()):
+                total.add_metric([*ev, check, severity], n)
+            yield total
+
+
+class Exporter:
+    """Serves a monitor's /metrics over HTTP(S) on a background thread (idle between scrapes)."""
+
+    def __init__(self, monitor: "Monitor", options: Options, *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self.collector = NNWatchCollector(monitor)
+        self.registry.register(self.collector)
+        self.url: str | None = None
+        self._server: Any = None
+        self._thread: Any = None
+        port = options.port
+        if port is None:
+            return
+        local_rank = os.environ.get("LOCAL_RANK")
+        if port and local_rank and local_rank.isdigit():
+            port += int(local_rank)  # one port per rank: multiprocess mode cannot run custom collectors
+        try:
+            self._server, self._thread = start_http_server(
+                port, addr=options.addr, registry=self.registry, certfile=options.tls_cert, keyfile=options.tls_key
+            )
+        except OSError as exc:
+            log.warning("nnwatch: cannot serve /metrics on %s:%s (%s); training continues without it. "
+                        "Pick another port with port=... or NNWATCH_PORT (0 picks a free one).", options.addr, port, exc)
+            return
+        bound = self._server.server_address[1]
+        host = options.addr
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if options.tls_cert else "http"
+        self.url = f"{scheme}://{host}:{bound}/metrics"
+        log.info("nnwatch: serving metrics at %s", self.url)
+
+    def close(self) -> None:
+        """Stop the server and release the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            self.registry.unregister(self.collector)
+        except KeyError:
+            pass

@@ -1,0 +1,55 @@
+"""Guards for code that runs inside the training loop: count errors, log once, disable a failing probe."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger("nnwatch")
+
+T = TypeVar("T")
+
+
+class Guard:
+    """Runs agent code so that a failure never reaches the training job.
+
+    Each failure is counted per probe (``errors``); the first failure of a probe is logged with its
+    traceback; after ``max_failures`` the probe is disabled and that is logged once too. Time spent in
+    guarded code on the training thread is added to ``seconds`` (the agent's own overhead).
+    """
+
+    def __init__(self, max_failures: int = 3, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.max_failures = max_failures
+        self.errors: Counter[str] = Counter()
+        self.disabled: set[str] = set()
+        self.seconds = 0.0
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def call(self, probe: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Run ``fn``; on an exception count it, log it (once per probe) and return None."""
+        if probe in self.disabled:
+            return None
+        t0 = self._clock()
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - the job must survive any agent bug
+            self.failed(probe)
+            return None
+        finally:
+            self.seconds += self._clock() - t0
+
+    def failed(self, probe: str) -> None:
+        """Record a failure of ``probe`` from inside an ``except`` block."""
+        with self._lock:
+            self.errors[probe] += 1
+            n = self.errors[probe]
+        if n == 1:
+            log.warning("nnwatch: probe %r failed; training continues (error counted in "
+                        "nnwatch_agent_errors_total)", probe, exc_info=True)
+        if n >= self.max_failures and probe not in self.disabled:
+            self.disabled.add(probe)
+            log.warning("nnwatch: probe %r failed %d times and is now disabled", probe, n)

@@ -1,0 +1,235 @@
+"""Activation probes: see every activation function a model calls, as a module or functionally.
+
+On sampled forward passes only, a ``TorchFunctionMode`` is entered for the duration of the model's
+forward. It sees ``F.relu(x)``, ``torch.tanh(x)``, ``x.sigmoid()`` and the functional call inside
+``nn.ReLU.forward`` alike, so one mechanism covers both kinds of models. Global module hooks, also
+registered only for that forward, keep a stack of the running module so each call is named after the
+module it happens in. On other steps nothing of this exists, so it costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from . import stats
+from .snapshot import ActivationStats
+from .transfer import DeviceBatch
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """How to read one activation function: dead units (ReLU family) and/or a saturated region."""
+
+    dead: bool = False
+    center: float | None = None
+    half_width: float | None = None
+
+
+_DEAD = ActivationSpec(dead=True)
+_TANH = ActivationSpec(center=0.0, half_width=0.97)
+_SIGMOID = ActivationSpec(center=0.5, half_width=0.47)
+_BOUNDED01 = ActivationSpec(center=0.5, half_width=0.5 * (1 - 1e-6))
+
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    **{n: _DEAD for n in ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
+                         "hardswish", "rrelu", "prelu", "threshold")},
+    **{n: _TANH for n in ("tanh", "softsign")},
+    "sigmoid": _SIGMOID,
+    "hardsigmoid": _BOUNDED01,
+    "hardtanh": ActivationSpec(center=0.0, half_width=1 - 1e-6),  # bounds read from the call
+}
+"""Function name (without a trailing ``_`` for in-place variants) -> how it is measured."""
+
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.RReLU, nn.PReLU, nn.Threshold, nn.Tanh, nn.Softsign, nn.Sigmoid, nn.Hardsigmoid, nn.Hardtanh,
+)
+"""Modules whose forward is one activation call: their calls are labelled with the module's own path."""
+
+
+def _spec_for(name: str, args: tuple, kwargs: dict) -> ActivationSpec | None:
+    base = name[:-1] if name.endswith("_") else name
+    spec = ACTIVATIONS.get(base)
+    if base == "hardtanh" and spec is not None:
+        lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+        hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+        spec = ActivationSpec(center=(lo + hi) / 2, half_width=(hi - lo) / 2 * (1 - 1e-6))
+    return spec
+
+
+class _SiteState:
+    """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
+
+    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite")
+
+    def __init__(self, kind: str, spec: ActivationSpec) -> None:
+        self.kind = kind
+        self.spec = spec
+        self.units = 0
+        self.last_alive: Tensor | None = None
+        self.seen = 0  # forward passes observed so far (the dead window counts these)
+        self.sat: list[Tensor] = []
+        self.numel = 0
+        self.nonfinite: list[Tensor] = []
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, probe: "ActivationProbe") -> None:
+        super().__init__()
+        self.probe = probe
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", None)
+        if name is not None and isinstance(out, Tensor):
+            spec = _spec_for(name, args, kwargs)
+            if spec is not None:
+                # The mode is popped while this runs, so our own tensor ops are not intercepted.
+                self.probe.guard_call("activations", self.probe.observe, name.rstrip("_"), spec, out)
+        return out
+
+
+class ActivationProbe:
+    """Owns the per-call-site state and the short-lived mode and hooks of one sampled forward pass."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        guard_call: Callable[..., Any],
+        dead_window: int,
+        max_sites: int,
+    ) -> None:
+        self.guard_call = guard_call
+        self.dead_window = dead_window
+        self.max_sites = max_sites
+        self.names: dict[int, str] = {}
+        self.activation_modules: set[str] = set()
+        for name, module in model.named_modules():
+            label = name or "(root)"
+            self.names[id(module)] = label
+            if isinstance(module, ACTIVATION_MODULES):
+                self.activation_modules.add(label)
+        self.sites: dict[str, _SiteState] = {}
+        self.dropped_sites: set[str] = set()
+        self._stack: list[str | None] = []
+        self._calls: dict[str, int] = {}
+        self._mode: _Mode | None = None
+        self._handles: list[RemovableHandle] = []
+        self._observed: set[str] = set()
+
+    # -- lifetime of one forward pass -------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self._mode is not None
+
+    def begin(self) -> None:
+        """Called from the root module's forward pre-hook of a sampled, training forward pass."""
+        self.end()
+        self._stack = ["(root)"]
+        self._calls = {}
+        reg_pre = torch.nn.modules.module.register_module_forward_pre_hook
+        reg_post = torch.nn.modules.module.register_module_forward_hook
+        self._handles = [reg_pre(self._push), reg_post(self._pop, always_call=True)]
+        self._mode = _Mode(self)
+        self._mode.__enter__()
+
+    def end(self) -> None:
+        """Called from the root module's forward hook (also when the forward raised)."""
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(None, None, None)
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._stack = []
+
+    def _push(self, module: nn.Module, args: Any) -> None:
+        self._stack.append(self.names.get(id(module)))
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+
+    def _context(self) -> str:
+        for name in reversed(self._stack):
+            if name is not None:
+                return name
+        return "(root)"
+
+    # -- per call -------------------------------------------------------------------------------
+    def observe(self, fn: str, spec: ActivationSpec, out: Tensor) -> None:
+        """Record one activation output (device work only)."""
+        ctx = self._context()
+        base = ctx if ctx in self.activation_modules else f"{ctx}:{fn}"
+        n = self._calls.get(base, 0)
+        self._calls[base] = n + 1
+        key = base if n == 0 else f"{base}#{n}"
+        site = self.sites.get(key)
+        if site is None:
+            if len(self.sites) >= self.max_sites:
+                self.dropped_sites.add(key)
+                return
+            site = self.sites[key] = _SiteState(fn, spec)
+        self._observed.add(key)
+        with torch.no_grad():
+            x = out.detach()
+            if spec.dead:
+                alive = stats.alive_units(x)
+                if site.last_alive is None or site.last_alive.shape != alive.shape or site.last_alive.device != alive.device:
+                    site.last_alive = torch.full(alive.shape, -1, dtype=torch.int64, device=alive.device)
+                    site.seen = 0
+                site.units = alive.numel()
+                site.last_alive = torch.where(alive, site.seen, site.last_alive)
+                site.seen += 1
+            else:
+                site.units = x.shape[stats.unit_axis(x.ndim)] if x.ndim else 1
+            if spec.half_width is not None:
+                site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
+                site.numel += x.numel()
+            site.nonfinite.append(stats.nonfinite_count(x))
+
+    # -- per sampled step -----------------------------------------------------------------------
+    def queue(self, batch: DeviceBatch) -> list[str]:
+        """Queue this step's activation statistics for the batched copy; returns the sites queued."""
+        keys = sorted(self._observed)
+        for key in keys:
+            site = self.sites[key]
+            if site.spec.dead and site.last_alive is not None:
+                threshold = max(0, site.seen - self.dead_window)
+                batch.add(("act_dead", key), (site.last_alive < threshold).float().mean())
+            if site.sat:
+                batch.add(("act_sat", key), torch.stack(site.sat).sum())
+            if site.nonfinite:
+                batch.add(("act_nonfinite", key), torch.stack(site.nonfinite).sum())
+        return keys
+
+    def results(self, keys: list[str], host: dict) -> tuple[ActivationStats, ...]:
+        """Turn fetched host values into ActivationStats and reset the per-step accumulators."""
+        out = []
+        for key in keys:
+            site = self.sites[key]
+            dead = host.get(("act_dead", key))
+            sat = host.get(("act_sat", key))
+            sat_ratio = None
+            if sat is not None and site.numel:
+                sat_ratio = sat / site.numel if sat == sat else None  # NaN input: unknown
+            nonfinite = int(host.get(("act_nonfinite", key), 0))
+            out.append(ActivationStats(key=key, kind=site.kind, units=site.units, dead_ratio=dead,
+                                       saturated_ratio=sat_ratio, nonfinite=nonfinite))
+            site.sat, site.numel, site.nonfinite = [], 0, []
+        self._observed = set()
+        return tuple(out)
+
+    def reset_step(self) -> None:
+        """Drop accumulators of a sampled step that produced no sample (e.g. a skipped optimizer step)."""
+        for key in self._observed:
+            site = self.sites[key]
+            site.sat, site.numel, site.nonfinite = [], 0, []
+        self._observed = set()

@@ -1,0 +1,120 @@
+"""Pure tensor kernels: squared norms, non-finite counts, activation statistics.
+
+Every function returns device tensors and never reads a value on the host (no sync). Callers run them
+under ``torch.no_grad()``; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def _groups(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.device, t.dtype)].append(i)
+    return groups
+
+
+def squared_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Sum of squares of each tensor, as a float32 0-d tensor on the tensor's own device.
+
+    Squared norms (not norms) so that layers, shards and ranks add up exactly: the norm of a union is
+    ``sqrt(sum(squared))``, never a sum of norms. One ``_foreach_norm`` per (device, dtype) group;
+    float32 accumulation for low-precision inputs.
+    """
+    out: list[Tensor | None] = [None] * len(tensors)
+    for (device, dtype), idx in _groups(tensors).items():
+        group = [tensors[i].detach() for i in idx]
+        if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+            # On CPU a dot product per tensor beats _foreach_norm (multi-threaded, no sqrt/square round trip).
+            norms = [torch.dot(g.reshape(-1), g.reshape(-1)).float() for g in group]
+        else:
+            try:
+                roots = torch._foreach_norm(group, 2, dtype=torch.float32)
+            except (RuntimeError, TypeError):  # older torch / exotic dtype: per-tensor fallback
+                roots = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in group]
+            norms = [r * r for r in roots]
+        for i, n in zip(idx, norms):
+            out[i] = n
+    return out  # type: ignore[return-value]
+
+
+def nonfinite_count(t: Tensor) -> Tensor:
+    """Number of NaN/Inf elements of ``t`` (int64 0-d, on t's device)."""
+    t = t.detach()
+    if not (t.is_floating_point() or t.is_complex()):
+        return torch.zeros((), dtype=torch.int64, device=t.device)
+    return t.numel() - torch.isfinite(t).sum()
+
+
+def difference_squared_norms(new: Sequence[Tensor], old: Sequence[Tensor]) -> list[Tensor]:
+    """``||new_i - old_i||^2`` for each pair (float32 0-d tensors), e.g. the size of an optimizer update."""
+    if not new:
+        return []
+    diffs = torch._foreach_sub([n.detach() for n in new], list(old))
+    return squared_norms(diffs)
+
+
+def unit_dims(ndim: int) -> tuple[int, ...]:
+    """Dimensions reduced to get per-unit statistics of an activation output.
+
+    Units are channels for image-like outputs (N, C, H, W[, D]) and the last dimension for (N, F) and
+    (N, T, F) outputs. A 1-D output is one sample of units.
+    """
+    if ndim <= 1:
+        return ()
+    if ndim >= 4:
+        return (0,) + tuple(range(2, ndim))
+    return tuple(range(ndim - 1))
+
+
+def unit_axis(ndim: int) -> int:
+    """Index of the unit axis for an output of ``ndim`` dimensions (see unit_dims)."""
+    if ndim <= 1:
+        return 0
+    return 1 if ndim >= 4 else ndim - 1
+
+
+def alive_units(out: Tensor) -> Tensor:
+    """Bool mask over units: True where any element of the unit was positive in this batch.
+
+    ``amax > 0`` costs a third of a boolean ``(out > 0).any(dims)`` reduction and gives the same mask.
+    """
+    out = out.detach()
+    if out.ndim == 0:
+        return (out > 0).reshape(1)
+    dims = unit_dims(out.ndim)
+    peak = out.amax(dim=dims) if dims else out
+    return peak > 0
+
+
+def saturated_count(out: Tensor, center: float, half_width: float) -> Tensor:
+    """Number of elements with ``|out - center| > half_width`` as a float32 0-d tensor.
+
+    Uses ``sum(sign(|x - c| - h)) = saturated - unsaturated`` (float math, no boolean reduction, which
+    is several times slower on CPU). Elements exactly on the threshold count half. NaN inputs make the
+    result NaN; callers treat that as "unknown" (the non-finite count reports them).
+    """
+    x = out.detach()
+    n = x.numel()
+    if n == 0:
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+    d = (x - center).abs_() if center else x.abs()
+    s = torch.sign(d.sub_(half_width)).sum(dtype=torch.float32)
+    return (s + n) * 0.5
+
+
+__all__ = [
+    "squared_norms",
+    "nonfinite_count",
+    "difference_squared_norms",
+    "unit_dims",
+    "unit_axis",
+    "alive_units",
+    "saturated_count",
+]

@@ -1,32 +1,386 @@
-"""Check engine (placeholder until the catalogue lands): Finding type and an engine that finds nothing."""
+"""The in-process check engine: evaluates the catalogue over the history of sampled-step snapshots.
+
+Pure Python over host scalars (no torch). A finding fires once per (check, module) when its condition
+has held for the check's ``hold`` consecutive samples, stays on ``Monitor.findings`` while it holds, and
+resolves when it clears. Firing and resolving go to the notifier (log line, optional webhook).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import math
+import statistics
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+from .catalogue import BY_NAME, CHECKS, Check
+from .snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from .notify import Notifier
+
+Condition = tuple[str | None, float, dict[str, Any]]
+"""(module or None, the number that shows it, extra template fields)"""
+
+STICKY = frozenset({"loss_at_init", "constant_init"})
+"""Facts about the run's start: once fired they stay (the condition cannot change)."""
 
 
 @dataclass(frozen=True)
 class Finding:
-    """A silent failure the agent found. ``step`` is the step since which it holds."""
+    """A silent failure the agent found.
+
+    ``step`` is the step since which the condition holds; ``message`` is the one-line explanation
+    (what, where, the number, what to try).
+    """
 
     check: str
     severity: str
     module: str | None
     step: int
     message: str
+    value: float | None = None
+    runbook_url: str = ""
+
+
+@dataclass
+class _Track:
+    since: int
+    count: int = 0
+    value: float = 0.0
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 class CheckEngine:
-    def __init__(self, options: Any) -> None:
-        self.options = options
-        self.raised: dict = {}
+    """Evaluates every per-process check on each sampled step; runs the stall watcher thread."""
 
-    def evaluate(self, snapshot: Any, monitor: Any) -> None:
+    def __init__(
+        self,
+        options: Any,
+        *,
+        notifier: "Notifier | None" = None,
+        thresholds: Mapping[str, float] | None = None,
+        wall: Callable[[], float] = time.time,
+        watch_interval: float | None = None,
+    ) -> None:
+        self.options = options
+        self.notifier = notifier
+        self._wall = wall
+        self._thresholds = dict(thresholds or getattr(options, "thresholds", None) or {})
+        self.history: deque[Snapshot] = deque(maxlen=256)
+        self.losses: list[tuple[int, float]] = []
+        self.samples = 0
+        self._tracks: dict[tuple[str, str | None], _Track] = {}
+        self._active: dict[tuple[str, str | None], Finding] = {}
+        self.raised: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._eval_lock = threading.RLock()
+        self._eval_last_count = 0
+        self._eval_last_rise = -10**9
+        self._watch_interval = watch_interval
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # -- thresholds ----------------------------------------------------------------------------
+    def th(self, check: Check, name: str) -> float:
+        """Threshold ``name`` of ``check``: an override from options, else the catalogue default."""
+        return float(self._thresholds.get(f"{check.name}.{name}", check.thresholds[name]))
+
+    # -- results ---------------------------------------------------------------------------------
+    def active(self) -> list[Finding]:
+        """Findings currently firing, oldest first."""
+        with self._lock:
+            return sorted(self._active.values(), key=lambda f: f.step)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, snap: Snapshot, monitor: Any) -> None:
+        """Evaluate every check on a new sampled-step snapshot (called on the training thread)."""
+        self.history.append(snap)
+        if snap.loss is not None and math.isfinite(snap.loss):
+            self.losses.append((snap.step, snap.loss))
+            del self.losses[:-2000]
+        current: dict[tuple[str, str | None], Condition] = {}
+        for check in CHECKS:
+            if check.name == "training_stalled" or self.samples < check.warmup:
+                continue
+            fn = getattr(self, f"_check_{check.name}")
+            for module, value, fields in fn(check, snap, monitor):
+                current[(check.name, module)] = (module, value, fields)
+        self.samples += 1
+        with self._eval_lock:
+            self._apply(current, snap.step, only=set(BY_NAME) - {"training_stalled"})
+        self._ensure_watcher(monitor)
+
+    def _apply(self, current: Mapping[tuple[str, str | None], Condition], step: int, only: set[str]) -> None:
+        """Advance tracks for the conditions that hold; resolve those of the ``only`` checks that cleared."""
+        fired: list[Finding] = []
+        resolved: list[Finding] = []
+        for key, (module, value, fields) in current.items():
+            check = BY_NAME[key[0]]
+            track = self._tracks.get(key)
+            if track is None:
+                track = self._tracks[key] = _Track(since=step)
+            track.count += 1
+            track.value, track.fields = value, fields
+            if key not in self._active and track.count >= check.hold:
+                finding = self._finding(check, module, track)
+                with self._lock:
+                    self._active[key] = finding
+                self.raised[(check.name, check.severity)] += 1
+                fired.append(finding)
+            elif key in self._active:  # keep the number current while it holds
+                with self._lock:
+                    self._active[key] = self._finding(check, module, track)
+        for key in list(self._tracks):
+            if key in current or key[0] not in only or key[0] in STICKY:
+                continue
+            del self._tracks[key]
+            with self._lock:
+                finding = self._active.pop(key, None)
+            if finding is not None:
+                resolved.append(finding)
+        if self.notifier is not None:
+            for f in fired:
+                self.notifier.fired(f)
+            for f in resolved:
+                self.notifier.resolved(f, step)
+
+    def _finding(self, check: Check, module: str | None, track: _Track) -> Finding:
+        fields = {"module": module or "the model", "value": track.value, "since": track.since, **track.fields}
+        try:
+            what = check.description.format(**fields)
+        except (KeyError, ValueError, TypeError):
+            what = f"{check.summary} value={track.value!r}"
+        return Finding(check=check.name, severity=check.severity, module=module, step=track.since,
+                       message=f"{what}. Try: {check.advice}.", value=track.value, runbook_url=check.runbook_url)
+
+    # -- the checks: each yields the conditions that hold on this snapshot --------------------------
+    def _check_nonfinite_values(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        if s.amp_skipped:
+            return
+        counts = {t: s.nonfinite(t) for t in ("loss", "gradient", "weight", "activation")}
+        total = sum(counts.values())
+        if total >= self.th(c, "min_count"):
+            kinds = [t for t, n in counts.items() if n]
+            first = next((l.module for l in s.layers if l.grad_nonfinite or l.weight_nonfinite), None)
+            if first is None:
+                first = next((a.key for a in s.activations if a.nonfinite), "the loss")
+            yield None, float(total), {"tensor": "/".join(kinds), "module": first}
+
+    def _check_exploding_gradients(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        g = s.grad_norm
+        if g is None or not math.isfinite(g):
+            return
+        past = [h.grad_norm for h in list(self.history)[:-1] if h.grad_norm is not None and math.isfinite(h.grad_norm)]
+        past = past[-int(self.th(c, "history")):]
+        median = statistics.median(past) if len(past) >= self.th(c, "min_history") else None
+        factor = g / median if median else 0.0
+        if g > self.th(c, "absolute") or (median and factor > self.th(c, "median_factor")):
+            worst = max((l for l in s.layers if l.grad_norm is not None), key=lambda l: l.grad_norm or 0.0)
+            yield None, g, {"factor": factor, "median": median or 0.0, "module": worst.module}
+
+    def _check_vanishing_gradients(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        rel_th, rms_th = self.th(c, "relative"), self.th(c, "rms")
+        rows = []
+        for l in s.layers:
+            if l.grad_norm is None or not math.isfinite(l.grad_norm) or not l.params:
+                continue
+            ratio = l.grad_norm / l.weight_norm if l.weight_norm else math.inf
+            rows.append((l, l.grad_norm / math.sqrt(l.params), ratio))
+        # Only when the model as a whole gets a signal: a converged or constant loss is not "vanishing".
+        if not rows or max(r for _, _, r in rows) < 100 * rel_th:
+            return
+        for l, rms, ratio in rows:
+            if rms < rms_th or ratio < rel_th:
+                yield l.module, rms, {"ratio": ratio}
+
+    def _check_dead_units(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        for a in s.activations:
+            if a.dead_ratio is not None and a.dead_ratio >= self.th(c, "ratio"):
+                yield a.key, a.dead_ratio, {"units": a.units, "window": self.options.dead_window, "kind": a.kind}
+
+    def _check_saturated_activations(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        for a in s.activations:
+            if a.saturated_ratio is not None and a.saturated_ratio >= self.th(c, "ratio"):
+                yield a.key, a.saturated_ratio, {"kind": a.kind}
+
+    def _check_loss_not_decreasing(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        w = int(self.th(c, "window"))
+        losses = [v for _, v in self.losses]
+        if len(losses) < 2 * w or s.loss is None:
+            return
+        # While the learning rate is still warming up, a flat loss is expected.
+        lrs = [max(h.learning_rates) for h in list(self.history)[-2 * w:] if h.learning_rates]
+        if len(lrs) >= 2 * w and max(lrs[w:]) > 1.05 * max(lrs[:w]):
+            return
+        start = statistics.fmean(losses[:w])
+        prev = statistics.fmean(losses[-2 * w:-w])
+        last = statistics.fmean(losses[-w:])
+        improvement = (prev - last) / abs(prev) if prev else 0.0
+        dropped = (start - last) / abs(start) if start else 0.0
+        if improvement < self.th(c, "min_improvement") and dropped < 1 - self.th(c, "near_start"):
+            yield None, last, {"window": w, "improvement": improvement, "start_ratio": last / start if start else 1.0}
+
+    def _check_loss_at_init(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        expected = self.options.expected_initial_loss
+        classes = self.options.num_classes
+        if expected is None and classes:
+            expected = math.log(classes)
+        first = s.first_loss
+        if expected is None or first is None or not math.isfinite(first):
+            return
+        allowed = max(self.th(c, "relative") * abs(expected), self.th(c, "absolute"))
+        if abs(first - expected) > allowed:
+            yield None, first, {"expected": expected, "classes": classes if classes else "?"}
+
+    def _check_learning_rate_zero(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        if s.learning_rates:
+            top = max(s.learning_rates)
+            if math.isfinite(top) and top <= self.th(c, "max_lr"):
+                yield None, top, {}
+
+    def _check_parameters_without_gradient(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        for l in s.layers:
+            if l.params_without_grad >= self.th(c, "min_params"):
+                yield l.module, float(l.params_without_grad), {}
+
+    def _check_weights_not_updating(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        for l in s.layers:
+            if l.grad_norm and math.isfinite(l.grad_norm) and l.update_norm is not None and l.update_norm <= self.th(c, "max_update"):
+                hint = "" if l.in_optimizer else " (its parameters are not in the optimizer)"
+                yield l.module, 0.0, {"grad": l.grad_norm, "hint": hint}
+
+    def _check_update_ratio_out_of_range(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        r = s.update_ratio
+        if r is None or not math.isfinite(r):
+            return
+        low, high = self.th(c, "low"), self.th(c, "high")
+        lr_zero = bool(s.learning_rates) and max(s.learning_rates) <= BY_NAME["learning_rate_zero"].thresholds["max_lr"]
+        if r > high:
+            yield None, r, {"direction": "above", "low": low, "high": high}
+        elif r < low and not lr_zero:  # an lr of 0 is reported by learning_rate_zero
+            yield None, r, {"direction": "below", "low": low, "high": high}
+
+    def _check_gradients_not_cleared(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        u = s.uncleared_grad_norm
+        if u is not None and (u > self.th(c, "min_norm") or not math.isfinite(u)):
+            yield None, u, {}
+
+    def _check_eval_in_train_mode(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        n = s.eval_in_train_forwards
+        if n > self._eval_last_count:
+            self._eval_last_rise = self.samples
+        self._eval_last_count = n
+        if n >= self.th(c, "min_forwards") and self.samples - self._eval_last_rise < self.th(c, "quiet_samples"):
+            yield None, float(n), {}
+
+    def _check_overfitting(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        rises = int(self.th(c, "rises"))
+        vals = list(getattr(m, "val_history", []))[-(rises + 1):]
+        if len(vals) < rises + 1 or not all(b[1] > a[1] for a, b in zip(vals, vals[1:])):
+            return
+        first_train, last_train = self._train_loss_at(vals[0][0]), self._train_loss_at(vals[-1][0])
+        if first_train is not None and last_train is not None and last_train < first_train:
+            yield None, vals[-1][1], {"rises": rises, "train": last_train}
+
+    def _train_loss_at(self, step: int) -> float | None:
+        best = None
+        for st, v in self.losses:
+            if st <= step:
+                best = v
+            else:
+                break
+        return best if best is not None else (self.losses[0][1] if self.losses else None)
+
+    def _check_constant_init(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        for module in getattr(m, "constant_weights", ()):
+            yield module, 0.0, {}
+
+    def _check_memory_leak(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        n = int(self.th(c, "samples"))
+        hist = list(self.history)[-n:]
+        if len(hist) < n:
+            return
+        series: dict[str, list[float]] = {}
+        for h in hist:
+            if h.memory.host_rss is not None:
+                series.setdefault("host", []).append(h.memory.host_rss)
+            for dev, v in h.memory.cuda_allocated.items():
+                series.setdefault(f"cuda:{dev}", []).append(v)
+        steps = hist[-1].step - hist[0].step or 1
+        for kind, values in series.items():
+            if len(values) < n:
+                continue
+            growth = values[-1] - values[0]
+            diffs = [b - a for a, b in zip(values, values[1:])]
+            rising = sum(d > 0 for d in diffs) / len(diffs)
+            if growth >= self.th(c, "min_growth_bytes") and rising >= self.th(c, "rising_fraction"):
+                yield None, growth / steps, {"kind": kind, "rate": _bytes(growth / steps), "growth": _bytes(growth), "samples": n}
+                return
+
+    # -- stall watcher ------------------------------------------------------------------------------
+    def stall_condition(self, monitor: Any, now: float) -> Condition | None:
+        """The training_stalled condition at wall time ``now`` (None when steps are coming)."""
+        c = BY_NAME["training_stalled"]
+        last = monitor.last_step_wall
+        if last is None:
+            return None
+        age = now - last
+        recent = list(monitor._recent_step_seconds)
+        usual = statistics.median(recent) if recent else 0.0
+        learned = max(self.th(c, "min_seconds"), self.th(c, "factor") * usual)
+        hard = self.options.stall_seconds
+        if age > learned or (hard is not None and age > hard):
+            since = time.strftime("%H:%M:%S", time.localtime(last))
+            return None, age, {"usual": usual, "since": since}
         return None
 
-    def active(self) -> list[Finding]:
-        return []
+    def check_stall(self, monitor: Any, now: float | None = None) -> None:
+        """Evaluate training_stalled once (the watcher thread calls this; tests may too)."""
+        cond = self.stall_condition(monitor, self._wall() if now is None else now)
+        current = {("training_stalled", None): cond} if cond is not None else {}
+        with self._eval_lock:
+            self._apply(current, monitor.step_index, only={"training_stalled"})
+
+    def _ensure_watcher(self, monitor: Any) -> None:
+        if self._watcher is not None or self._stop.is_set():
+            return
+        ref = weakref.ref(monitor)
+        hard = self.options.stall_seconds
+        interval = self._watch_interval or max(0.05, min(5.0, (hard or 60.0) / 4))
+
+        def watch() -> None:
+            while not self._stop.wait(interval):
+                mon = ref()
+                if mon is None:
+                    return
+                try:
+                    self.check_stall(mon)
+                except Exception:  # noqa: BLE001
+                    mon.guard.failed("stall_watcher")
+                del mon
+
+        self._watcher = threading.Thread(target=watch, name="nnwatch-stall-watcher", daemon=True)
+        self._watcher.start()
 
     def close(self) -> None:
-        return None
+        """Stop the watcher thread and flush the notifier."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        if self.notifier is not None:
+            self.notifier.close()
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+__all__ = ["CheckEngine", "Finding", "STICKY"]

@@ -52,6 +52,11 @@ class Options:
     """Log each finding and its resolution through the ``nnwatch`` logger."""
     checks: bool = True
     """Run the in-process check engine on each sampled step."""
+    thresholds: dict[str, float] | None = None
+    """Overrides of catalogue thresholds, e.g. {"dead_units.ratio": 0.3}; env: "dead_units.ratio=0.3,...".
+    """
+    job: str | None = None
+    """Job name shown in webhook messages (default: the script's name)."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> "Options":
@@ -100,6 +105,18 @@ class Options:
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{name} file not found: {path!r}")
+        if self.thresholds is not None:
+            from .catalogue import BY_NAME
+
+            if not isinstance(self.thresholds, dict):
+                raise TypeError("thresholds must be a dict like {'dead_units.ratio': 0.3}")
+            for key, value in self.thresholds.items():
+                check, _, name = str(key).partition(".")
+                if check not in BY_NAME or name not in BY_NAME[check].thresholds:
+                    valid = ", ".join(f"{c}.{t}" for c in BY_NAME for t in BY_NAME[c].thresholds)
+                    raise ValueError(f"unknown threshold {key!r}; valid names: {valid}")
+                if not _finite_number(value):
+                    raise ValueError(f"threshold {key!r} must be a finite number, got {value!r}")
         if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http(s):// URL (e.g. a Slack incoming webhook)")
 
@@ -123,6 +140,9 @@ def _parse_env(name: str, f: dataclasses.Field, raw: str) -> Any:
             raise ValueError(text)
         if "None" in kind and text.lower() in ("", "none", "off"):
             return None
+        if kind.startswith("dict"):
+            pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+            return {k.strip(): float(v) for k, v in pairs}
         if kind.startswith("int"):
             return int(text)
         if kind.startswith("float"):

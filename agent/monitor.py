@@ -27,6 +27,7 @@ from .checks import CheckEngine, Finding
 from .config import Options
 from .guard import Guard
 from .memory import MemoryReader
+from .notify import Notifier
 from .probes import ActivationProbe
 from .snapshot import ROOT, LayerStats, MemoryStats, Snapshot
 from .transfer import DeviceBatch
@@ -120,7 +121,11 @@ class Monitor:
         self._snapshot: Snapshot | None = None
 
         self.probe = ActivationProbe(model, self.guard.call, options.dead_window, options.max_modules)
-        self.engine = CheckEngine(options) if options.checks else None
+        self.engine = None
+        if options.checks:
+            notifier = Notifier(log_findings=options.log_findings, webhook_url=options.webhook_url,
+                                job=options.job or _script_name())
+            self.engine = CheckEngine(options, notifier=notifier)
 
         self._install_hooks(model, optimizer)
         self.guard.call("constant_init", self._scan_constant_init)
@@ -523,6 +528,13 @@ class Monitor:
         if self._sampled and opt is None and self.options.update_ratios:
             # Without an optimizer the update is measured between two step() calls.
             self.guard.call("update_ratio", self._copy_weights, None)
+
+
+def _script_name() -> str | None:
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else None
+    return argv0.rsplit("/", 1)[-1] if argv0 else None
 
 
 def _close_ref(ref: "weakref.ref[Monitor]") -> None:

@@ -1,0 +1,302 @@
+"""The check catalogue: one source of truth for names, thresholds, durations, severities, texts and runbooks.
+
+The in-process check engine (agent.checks), the generated Prometheus rules (alerts/) and the runbooks
+(docs/runbooks.md) all read this table. Check names are a contract; the alert name is ``NNWatch`` +
+PascalCase(name). Thresholds were calibrated on the healthy and broken scenarios in tests/scenarios.
+No torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+SEVERITIES = ("critical", "warning", "info")
+RUNBOOK_BASE = "https://github.com/nnwatch/nnwatch/blob/main/docs/runbooks.md"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One entry of the catalogue."""
+
+    name: str
+    """snake_case check name (a contract)."""
+    severity: str
+    """critical pages (PagerDuty), warning goes to Slack, info is a hint."""
+    scope: str
+    """``module`` (one finding per layer/activation) or ``model`` (one per job)."""
+    catches: str
+    """The silent failure this check catches."""
+    signal: str
+    """The measured signal."""
+    summary: str
+    """Static one-sentence summary (ends with a period)."""
+    description: str
+    """In-process message template: ``{module}``, ``{value}``, ``{since}`` and check-specific fields."""
+    advice: str
+    """What to try first, appended to the log line."""
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    """Named thresholds, each documented in THRESHOLD_DOCS."""
+    hold: int = 1
+    """Consecutive sampled steps the condition must hold before the finding fires in-process."""
+    warmup: int = 0
+    """Sampled steps ignored at the start of the run."""
+    prometheus_for: str = "5m"
+    """``for:`` of the generated Prometheus alert."""
+    seed: str = ""
+    """Where the failure is described in shared/seeds."""
+
+    @property
+    def alert(self) -> str:
+        """Prometheus alert name: NNWatch + PascalCase(name)."""
+        return alert_name(self.name)
+
+    @property
+    def runbook_url(self) -> str:
+        return f"{RUNBOOK_BASE}#{self.alert.lower()}"
+
+
+def alert_name(check: str) -> str:
+    """``dead_units`` -> ``NNWatchDeadUnits``."""
+    return "NNWatch" + "".join(part.capitalize() for part in check.split("_"))
+
+
+def _c(**kw: object) -> Check:
+    th = kw.pop("thresholds", {})
+    return Check(thresholds=MappingProxyType(dict(th)), **kw)  # type: ignore[arg-type]
+
+
+CHECKS: tuple[Check, ...] = (
+    _c(
+        name="nonfinite_values", severity="critical", scope="model",
+        catches="NaN or Inf in the loss, gradients, weights or activations",
+        signal="non-finite element counts by tensor kind and module (AMP-skipped steps excluded)",
+        summary="Training produced NaN or Inf values.",
+        description="{value:.0f} non-finite {tensor} values (first in {module}) since step {since}",
+        advice="lower the learning rate or clip gradients, look for log/div of zero or sqrt of negatives; "
+               "with fp16 use a GradScaler",
+        thresholds={"min_count": 1}, hold=1, prometheus_for="1m", seed="003 (large gradients lead to NaN)",
+    ),
+    _c(
+        name="exploding_gradients", severity="warning", scope="model",
+        catches="gradient blow-up",
+        signal="global gradient L2 norm against its own rolling median, and an absolute ceiling",
+        summary="Gradient norm is far above its usual level.",
+        description="global gradient norm {value:.3g} is {factor:.0f}x its rolling median {median:.3g} "
+                    "(largest in {module}) since step {since}",
+        advice="clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, check for a bad batch "
+               "or a missing normalisation",
+        thresholds={"median_factor": 20.0, "absolute": 1e4, "history": 20, "min_history": 5},
+        hold=2, warmup=3, prometheus_for="5m", seed="003 (monitor gradient norms per layer)",
+    ),
+    _c(
+        name="vanishing_gradients", severity="warning", scope="module",
+        catches="no learning signal reaches a layer (deep sigmoid/tanh stacks)",
+        signal="per-layer RMS gradient and gradient norm relative to weight norm",
+        summary="Gradients reaching a layer are vanishingly small.",
+        description="layer {module}: RMS gradient {value:.2e}, gradient/weight norm ratio {ratio:.2e} since step {since}",
+        advice="use ReLU-family activations or residual connections, normalisation layers, a proper init "
+               "(Kaiming/Xavier), or a higher learning rate for early layers",
+        thresholds={"rms": 1e-7, "relative": 1e-6}, hold=3, warmup=2, prometheus_for="15m",
+        seed="003 (very small gradients lead to vanishing gradients)",
+    ),
+    _c(
+        name="dead_units", severity="warning", scope="module",
+        catches="dead ReLUs: units that never activate",
+        signal="fraction of units never positive across a window of sampled batches",
+        summary="Many units of an activation layer never activate.",
+        description="activation {module}: {value:.0%} of {units} units never positive over the last "
+                    "{window} sampled batches, since step {since}",
+        advice="check the init and biases of the layer before it (large negative biases kill units), lower the "
+               "learning rate, or use LeakyReLU/GELU",
+        thresholds={"ratio": 0.5}, hold=3, warmup=0, prometheus_for="15m", seed="003 (number of dead units)",
+    ),
+    _c(
+        name="saturated_activations", severity="warning", scope="module",
+        catches="tanh/sigmoid outputs stuck in their flat regions",
+        signal="fraction of outputs with |tanh| > 0.97 or sigmoid outside 0.03..0.97",
+        summary="An activation layer is saturated.",
+        description="activation {module} ({kind}): {value:.0%} of outputs saturated since step {since}",
+        advice="scale the init down (Xavier for tanh/sigmoid), normalise inputs, add normalisation layers, "
+               "lower the learning rate",
+        thresholds={"ratio": 0.5}, hold=3, warmup=0, prometheus_for="15m", seed="003 (-1/+1 for tanh, 0/1 for sigmoid)",
+    ),
+    _c(
+        name="loss_not_decreasing", severity="warning", scope="model",
+        catches="no progress: the loss stays where it started",
+        signal="mean loss of the last window against the window before it and against the start",
+        summary="The training loss is not decreasing.",
+        description="mean loss {value:.4g} over the last {window} samples improved {improvement:.1%} on the "
+                    "window before and is still {start_ratio:.0%} of its start, since step {since}",
+        advice="overfit a single batch first; check that the loss gets logits and the right targets, that "
+               "gradients reach the weights and that the learning rate is not tiny",
+        thresholds={"window": 10, "min_improvement": 0.01, "near_start": 0.9}, hold=1, warmup=0,
+        prometheus_for="30m", seed="002 (overfit one batch), 000",
+    ),
+    _c(
+        name="loss_at_init", severity="warning", scope="model",
+        catches="a bad final-layer init or loss inputs: the first loss is far from ln(num_classes)",
+        signal="first logged loss against ln(num_classes) or the configured expected value",
+        summary="The initial loss is far from its expected value.",
+        description="first loss {value:.4g} vs expected {expected:.4g} (ln of {classes} classes)",
+        advice="initialise the final layer small (and its bias to the class prior), pass raw logits to "
+               "cross-entropy (not probabilities), check the number of classes",
+        thresholds={"relative": 0.5, "absolute": 0.5}, hold=1, prometheus_for="0m",
+        seed="002 (verify loss at init), 003, 004",
+    ),
+    _c(
+        name="learning_rate_zero", severity="warning", scope="model",
+        catches="a learning rate stuck at 0 or decayed to nothing",
+        signal="learning rate of every param group",
+        summary="The learning rate is (close to) zero.",
+        description="learning rate {value:.3g} (max over param groups) since step {since}",
+        advice="check the scheduler (warmup steps, decay milestones, step() called per step or per epoch) "
+               "and the lr passed to the optimizer",
+        thresholds={"max_lr": 1e-8}, hold=5, warmup=1, prometheus_for="15m", seed="000, 002 (do not trust LR decay defaults)",
+    ),
+    _c(
+        name="parameters_without_gradient", severity="warning", scope="module",
+        catches="trainable parameters never used in forward",
+        signal="trainable parameters whose .grad stays None after backward",
+        summary="Trainable parameters never receive a gradient.",
+        description="layer {module}: {value:.0f} trainable parameter tensor(s) without a gradient since step {since}",
+        advice="check that forward() uses the layer (a layer built but never called, a branch never taken, a "
+               "detach() in the path); freeze deliberately unused ones with requires_grad_(False)",
+        thresholds={"min_params": 1}, hold=3, prometheus_for="15m", seed="000 (no gradients for some parameters)",
+    ),
+    _c(
+        name="weights_not_updating", severity="warning", scope="module",
+        catches="parameters left out of the optimizer, or frozen by mistake",
+        signal="update norm 0 across the optimizer step while the gradient is non-zero",
+        summary="A layer has gradients but its weights do not change.",
+        description="layer {module}: gradient norm {grad:.3g} but the weights did not change{hint} since step {since}",
+        advice="build the optimizer from model.parameters() after all layers exist, and check param groups "
+               "and lr of 0",
+        thresholds={"max_update": 0.0}, hold=3, prometheus_for="15m", seed="000",
+    ),
+    _c(
+        name="update_ratio_out_of_range", severity="warning", scope="model",
+        catches="a learning rate far too high or too low",
+        signal="update L2 norm / weight L2 norm across the optimizer step (healthy ~1e-3)",
+        summary="Weight updates are orders of magnitude off their healthy size.",
+        description="update/weight ratio {value:.2e} is {direction} the healthy range "
+                    "[{low:.0e}, {high:.0e}] since step {since}",
+        advice="too high: lower the learning rate or warm it up; too low: raise it, check weight decay and "
+               "the scheduler",
+        thresholds={"low": 1e-6, "high": 0.3}, hold=5, warmup=3, prometheus_for="15m",
+        seed="003, 002 (update/weight ratio around 1e-3)",
+    ),
+    _c(
+        name="gradients_not_cleared", severity="warning", scope="model",
+        catches="a forgotten optimizer.zero_grad()",
+        signal="gradient norm already present when the first backward after an optimizer step starts",
+        summary="Gradients are not cleared between optimizer steps.",
+        description="gradients of norm {value:.3g} were left over when backward started, since step {since}",
+        advice="call optimizer.zero_grad() once per optimizer step (accumulating over micro-batches between "
+               "steps is fine)",
+        thresholds={"min_norm": 0.0}, hold=2, prometheus_for="5m", seed="000 (forgetting zero_grad)",
+    ),
+    _c(
+        name="eval_in_train_mode", severity="warning", scope="model",
+        catches="a forgotten model.eval() for evaluation",
+        signal="forward passes without autograd while dropout/batch-norm modules are in training mode",
+        summary="Evaluation runs with dropout/batch norm in training mode.",
+        description="{value:.0f} forward passes under no_grad with dropout/batch-norm in training mode "
+                    "(last since step {since})",
+        advice="call model.eval() before evaluating and model.train() after",
+        thresholds={"min_forwards": 2, "quiet_samples": 5}, hold=1, prometheus_for="0m",
+        seed="000 (forgetting eval mode)",
+    ),
+    _c(
+        name="overfitting", severity="info", scope="model",
+        catches="validation loss rising while the training loss falls",
+        signal="logged val_loss against the training loss",
+        summary="Validation loss rises while training loss falls.",
+        description="validation loss rose {rises} times in a row to {value:.4g} while training loss fell to "
+                    "{train:.4g}, since step {since}",
+        advice="add regularisation or data augmentation, get more data, or stop early (keep the best "
+               "checkpoint)",
+        thresholds={"rises": 3}, hold=1, prometheus_for="0m", seed="002 (regularise)",
+    ),
+    _c(
+        name="constant_init", severity="warning", scope="module",
+        catches="a symmetric (constant) init that never breaks",
+        signal="a >= 2-D weight with zero spread at attach",
+        summary="A weight matrix was initialised to a constant.",
+        description="layer {module}: weight has zero spread at attach (all units identical)",
+        advice="use a random init (the default nn.init of the layer, Kaiming or Xavier) instead of a constant",
+        hold=1, prometheus_for="0m", seed="000 (symmetric init)",
+    ),
+    _c(
+        name="memory_leak", severity="warning", scope="model",
+        catches="memory that grows every step (e.g. loss tensors kept with their graph)",
+        signal="CUDA allocated bytes and host RSS at the same point of every sampled step",
+        summary="Memory grows steadily every step.",
+        description="{kind} memory grows {rate} per step ({growth} over the last {samples} samples), since step {since}",
+        advice="log loss.item() (or detach()) instead of keeping loss tensors, clear caches and lists that "
+               "grow per step, avoid keeping graph-holding tensors",
+        thresholds={"samples": 10, "min_growth_bytes": 32 * 2**20, "rising_fraction": 0.7}, hold=1, warmup=3,
+        prometheus_for="30m", seed="003 (PyTorch: free your memory)",
+    ),
+    _c(
+        name="training_stalled", severity="critical", scope="model",
+        catches="a hung job (NCCL deadlock, stuck data loader)",
+        signal="seconds since the last completed step",
+        summary="Training has stopped making steps.",
+        description="no step for {value:.0f} s (usual step {usual:.3g} s), last step {since}",
+        advice="dump the stacks (py-spy dump --pid), check data loader workers, NCCL (NCCL_DEBUG=INFO) and the "
+               "other ranks",
+        thresholds={"factor": 20.0, "min_seconds": 120.0}, hold=1, prometheus_for="10m",
+        seed="(hung jobs raise nothing)",
+    ),
+)
+
+BY_NAME: Mapping[str, Check] = MappingProxyType({c.name: c for c in CHECKS})
+
+THRESHOLD_DOCS: Mapping[str, str] = MappingProxyType({
+    "nonfinite_values.min_count": "non-finite elements that fire the check",
+    "exploding_gradients.median_factor": "fire when the global grad norm exceeds this multiple of its rolling median",
+    "exploding_gradients.absolute": "fire when the global grad norm exceeds this value whatever its history",
+    "exploding_gradients.history": "samples in the rolling median",
+    "exploding_gradients.min_history": "samples needed before the median comparison applies",
+    "vanishing_gradients.rms": "RMS gradient (norm / sqrt(elements)) below which a layer gets no signal",
+    "vanishing_gradients.relative": "gradient norm / weight norm below which a layer gets no signal",
+    "dead_units.ratio": "fraction of dead units of an activation that fires the check",
+    "saturated_activations.ratio": "fraction of saturated outputs of an activation that fires the check",
+    "loss_not_decreasing.window": "samples per comparison window",
+    "loss_not_decreasing.min_improvement": "relative improvement between windows below which there is no progress",
+    "loss_not_decreasing.near_start": "the loss must still be above this share of its first window",
+    "loss_at_init.relative": "allowed relative deviation of the first loss from the expected one",
+    "loss_at_init.absolute": "allowed absolute deviation (nats), whichever is larger",
+    "learning_rate_zero.max_lr": "largest learning rate over the param groups counted as zero",
+    "parameters_without_gradient.min_params": "parameter tensors without gradient that fire the check",
+    "weights_not_updating.max_update": "update norm counted as no update",
+    "update_ratio_out_of_range.low": "global update/weight ratio below which updates are too small",
+    "update_ratio_out_of_range.high": "global update/weight ratio above which updates are too large",
+    "gradients_not_cleared.min_norm": "left-over gradient norm above which gradients were not cleared",
+    "eval_in_train_mode.min_forwards": "no-grad forwards in train mode that fire the check",
+    "eval_in_train_mode.quiet_samples": "samples without such forwards before the finding resolves",
+    "overfitting.rises": "consecutive validation-loss rises that fire the check",
+    "memory_leak.samples": "samples in the regression window",
+    "memory_leak.min_growth_bytes": "growth over the window that counts as a leak",
+    "memory_leak.rising_fraction": "share of sample-to-sample differences that must be positive",
+    "training_stalled.factor": "fire after this multiple of the median step time without a step",
+    "training_stalled.min_seconds": "but never before this many seconds",
+})
+
+
+def validate_catalogue() -> None:
+    """Raise AssertionError when an entry breaks the contract (used by tests and generators)."""
+    seen = set()
+    for c in CHECKS:
+        assert c.name not in seen, c.name
+        seen.add(c.name)
+        assert c.severity in SEVERITIES, c
+        assert c.scope in ("module", "model"), c
+        assert c.summary.endswith("."), c.name
+        for t in c.thresholds:
+            assert f"{c.name}.{t}" in THRESHOLD_DOCS, f"{c.name}.{t} undocumented"
+
+
+__all__ = ["Check", "CHECKS", "BY_NAME", "THRESHOLD_DOCS", "alert_name", "validate_catalogue", "SEVERITIES"]

@@ -1,0 +1,76 @@
+"""``nnwatch`` command line: the demo, generators of committed artefacts, local tooling.
+
+Each subcommand lives in its own module with a ``register(subparsers)`` function; ``generate`` runs
+every module's ``generate(root)`` so committed artefacts (rules, dashboards, chart copies) come from one
+command and a drift test can compare them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+COMMAND_MODULES = ("agent.demo", "agent.rules", "agent.stack", "agent.dashboards")
+"""Modules that add subcommands (missing ones are skipped) and, optionally, generators."""
+
+GENERATOR_MODULES = ("agent.rules", "agent.dashboards")
+"""Modules with ``generate(root: Path) -> list[Path]``, run in this order by ``nnwatch generate``."""
+
+
+def repo_root() -> Path:
+    """The source checkout this package was installed from (generators write there)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def generators() -> list[Callable[[Path], list[Path]]]:
+    out = []
+    for name in GENERATOR_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        out.append(mod.generate)
+    return out
+
+
+def _generate(args: argparse.Namespace) -> int:
+    root = Path(args.root) if args.root else repo_root()
+    for gen in generators():
+        for path in gen(root):
+            print(f"wrote {path.relative_to(root)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnwatch", description="Watch PyTorch training jobs for silent failures.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="regenerate committed artefacts (alert rules, dashboards, chart copies)")
+    gen.add_argument("--root", help="repository root to write into (default: this checkout)")
+    gen.set_defaults(func=_generate)
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

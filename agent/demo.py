@@ -1,0 +1,127 @@
+"""``nnwatch demo``: a short training run on scikit-learn's digits, watched by the agent.
+
+A silent failure is planted (by default: three quarters of the second hidden layer's biases start at -8,
+which kills those ReLUs for good; the loss still goes down and accuracy looks fine, nothing raises). The agent names the layer within a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from typing import Any
+
+FAULTS = ("dead-relu", "no-zero-grad", "lr-zero", "nan", "none")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="train a small MLP on scikit-learn digits with a planted silent failure")
+    p.add_argument("--fault", choices=FAULTS, default="dead-relu", help="silent failure to plant (default: dead-relu)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
+    p.add_argument("--port", type=int, default=0, help="/metrics port (default: 0 = a free port)")
+    p.add_argument("--hold", type=float, default=30.0,
+                   help="seconds to keep serving /metrics after training (default: 30; Ctrl-C ends it)")
+    p.add_argument("--sample-every", type=int, default=5, help="heavy statistics every N steps (default: 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    import agent
+
+    torch.manual_seed(args.seed)
+    digits = load_digits()  # 1,797 8x8 images shipped inside scikit-learn: no download
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target)
+    perm = torch.randperm(len(x))
+    x, y = x[perm], y[perm]
+    x_train, y_train, x_val, y_val = x[:1500], y[:1500], x[1500:], y[1500:]
+
+    model = nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(),
+        nn.Linear(128, 128), nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    lr = 0.0 if args.fault == "lr-zero" else 0.05
+    if args.fault == "dead-relu":
+        with torch.no_grad():
+            model[2].bias[:96] = -8.0  # the planted fault: 3 of 4 units of layer 2 start (and stay) negative
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+    print(f"nnwatch demo: MLP 64-128-128-10 on scikit-learn digits ({len(x_train)} train / {len(x_val)} val), "
+          f"planted fault: {args.fault}")
+    monitor = agent.attach(model, optimizer, port=args.port, num_classes=10, sample_every=args.sample_every,
+                           addr="127.0.0.1")
+    if monitor.url:
+        print(f"metrics: {monitor.url}")
+    batch = 64
+    seen_findings: set[tuple[str, str | None]] = set()
+    t0 = time.perf_counter()
+    with monitor:
+        for step in range(args.steps):
+            idx = torch.randint(0, len(x_train), (batch,))
+            xb = x_train[idx]
+            if args.fault == "nan" and step >= args.steps // 2:
+                xb = xb.clone()
+                xb[0, 0] = math.nan
+            out = model(xb)
+            loss = F.cross_entropy(out, y_train[idx])
+            if args.fault != "no-zero-grad":
+                optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            monitor.log(loss=loss)
+            if step % 50 == 0 or step == args.steps - 1:
+                with torch.no_grad():
+                    model.eval()
+                    acc = (model(x_val).argmax(1) == y_val).float().mean().item()
+                    val_loss = F.cross_entropy(model(x_val), y_val)
+                    model.train()
+                monitor.log(val_loss=val_loss)
+                print(_progress_line(step, loss.item(), acc, monitor))
+            for f in monitor.findings:
+                if (f.check, f.module) not in seen_findings:
+                    seen_findings.add((f.check, f.module))
+        elapsed = time.perf_counter() - t0
+        print(f"\ntrained {args.steps} steps in {elapsed:.1f} s")
+        findings = monitor.findings
+        if findings:
+            print(f"the agent found {len(findings)} problem(s):")
+            for f in findings:
+                where = f" [{f.module}]" if f.module else ""
+                print(f"  - {f.severity.upper()} {f.check}{where} since step {f.step}")
+        else:
+            print("the agent found no problem")
+        if monitor.url and args.hold > 0:
+            print(f"\nmetrics stay at {monitor.url} for {args.hold:.0f} s (Ctrl-C to stop)")
+            try:
+                time.sleep(args.hold)
+            except KeyboardInterrupt:
+                pass
+    return 0
+
+
+def _progress_line(step: int, loss: float, acc: float, monitor: Any) -> str:
+    snap = monitor.snapshot
+    parts = [f"step {step:4d}", f"loss {loss:.3f}", f"val acc {acc:.1%}"]
+    if snap is not None:
+        if snap.grad_norm is not None:
+            parts.append(f"grad norm {snap.grad_norm:.3g}")
+        dead = {a.key: a.dead_ratio for a in snap.activations if a.dead_ratio is not None}
+        if dead:
+            parts.append("dead units " + " ".join(f"{k}={v:.0%}" for k, v in dead.items()))
+    return " | ".join(parts)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

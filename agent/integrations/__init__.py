@@ -1,0 +1,1 @@
+"""Thin adapters for training frameworks (imported lazily; the core never imports them)."""

@@ -1,0 +1,172 @@
+"""Delivery of findings without any infrastructure: the job's own log, and an optional Slack-style webhook.
+
+The webhook runs on its own thread: the training thread only puts a message on a bounded queue. Each
+message is retried with exponential backoff; a receiver that is down costs the job nothing. The URL is a
+secret (it carries the token): it is never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .checks import Finding
+
+log = logging.getLogger("nnwatch")
+
+_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
+_ICON = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
+
+
+def finding_line(f: "Finding") -> str:
+    """The one log line of a finding: severity, check, the message (what, where, since when, what to try)."""
+    return f"nnwatch [{f.severity}] {f.check}: {f.message} Runbook: {f.runbook_url}"
+
+
+def resolved_line(f: "Finding", step: int) -> str:
+    where = f" in {f.module}" if f.module else ""
+    return f"nnwatch [resolved] {f.check}{where} (held from step {f.step} to {step})"
+
+
+class Notifier:
+    """Sends each new finding and each resolution to the log and, when configured, to a webhook."""
+
+    def __init__(
+        self,
+        *,
+        log_findings: bool = True,
+        webhook_url: str | None = None,
+        job: str | None = None,
+        retries: int = 5,
+        backoff: float = 1.0,
+        timeout: float = 5.0,
+        max_queue: int = 256,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.log_findings = log_findings
+        self.job = job
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self._webhook = _Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self) if webhook_url else None
+
+    def fired(self, f: "Finding") -> None:
+        """A finding started to hold."""
+        if self.log_findings:
+            log.log(_LEVEL.get(f.severity, logging.WARNING), finding_line(f))
+        if self._webhook is not None:
+            self._webhook.put(self._slack(f, resolved_at=None))
+
+    def resolved(self, f: "Finding", step: int) -> None:
+        """A finding stopped holding at ``step``."""
+        if self.log_findings:
+            log.info(resolved_line(f, step))
+        if self._webhook is not None:
+            self._webhook.put(self._slack(f, resolved_at=step))
+
+    def _slack(self, f: "Finding", resolved_at: int | None) -> dict[str, Any]:
+        where = f" in `{f.module}`" if f.module else ""
+        job = f" ({self.job})" if self.job else ""
+        if resolved_at is None:
+            head = f"{_ICON.get(f.severity, '')} *[{f.severity.upper()}] {f.check}*{where}{job}"
+            body = f"{f.message}\n<{f.runbook_url}|Runbook>"
+        else:
+            head = f":white_check_mark: *[RESOLVED] {f.check}*{where}{job}"
+            body = f"held from step {f.step} to step {resolved_at}"
+        return {
+            "text": f"{head}: {f.message if resolved_at is None else body}",
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": f"{head}\n{body}"}}],
+            "nnwatch": {"check": f.check, "severity": f.severity, "module": f.module, "step": f.step,
+                        "status": "firing" if resolved_at is None else "resolved", "value": f.value},
+        }
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until queued webhook messages are delivered or given up; True when the queue drained."""
+        return self._webhook.flush(timeout) if self._webhook is not None else True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Deliver what can be delivered within ``timeout`` seconds, then stop the thread."""
+        if self._webhook is not None:
+            self._webhook.close(timeout)
+
+
+class _Webhook:
+    def __init__(self, url: str, retries: int, backoff: float, timeout: float, max_queue: int,
+                 sleep: Callable[[float], Any], stats: Notifier) -> None:
+        self._url = url
+        self._retries = retries
+        self._backoff = backoff
+        self._timeout = timeout
+        self._sleep = sleep
+        self._stats = stats
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nnwatch-webhook", daemon=True)
+        self._thread.start()
+
+    def put(self, payload: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:  # never block training: drop and count
+            self._stats.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            payload = self._queue.get()
+            try:
+                if payload is None:
+                    return
+                self._deliver(payload)
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        delay = self._backoff
+        for attempt in range(1, self._retries + 1):
+            try:
+                req = urllib.request.Request(self._url, data=data, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=self._timeout) as resp:
+                    resp.read()
+                self._stats.delivered += 1
+                return
+            except urllib.error.HTTPError as exc:
+                reason = f"HTTP {exc.code}"
+                if 400 <= exc.code < 500 and exc.code != 429:  # the request itself is wrong: no retry
+                    self._give_up(reason)
+                    return
+            except (urllib.error.URLError, OSError) as exc:
+                reason = type(getattr(exc, "reason", exc)).__name__
+            if attempt == self._retries or self._closing.is_set():
+                self._give_up(reason)
+                return
+            log.debug("nnwatch: webhook delivery failed (%s), retry %d in %.1f s", reason, attempt, delay)
+            self._sleep(delay)
+            delay *= 2
+
+    def _give_up(self, reason: str) -> None:
+        self._stats.failed += 1
+        if self._stats.failed == 1:
+            log.warning("nnwatch: webhook delivery failed (%s); findings are still logged here", reason)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def close(self, timeout: float) -> None:
+        self.flush(timeout)
+        self._closing.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=max(0.1, timeout))

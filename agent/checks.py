@@ -70,8 +70,9 @@ class CheckEngine:
         self.notifier = notifier
         self._wall = wall
         self._thresholds = dict(thresholds or getattr(options, "thresholds", None) or {})
-        self.history: deque[Snapshot] = deque(maxlen=256)
-        self.losses: list[tuple[int, float]] = []
+        self.history: deque[Snapshot] = deque(maxlen=64)
+        self.losses: deque[tuple[int, float]] = deque(maxlen=512)
+        self.loss_start: list[float] = []  # the first window of losses, kept for "still near its start"
         self.samples = 0
         self._tracks: dict[tuple[str, str | None], _Track] = {}
         self._active: dict[tuple[str, str | None], Finding] = {}
@@ -101,7 +102,8 @@ class CheckEngine:
         self.history.append(snap)
         if snap.loss is not None and math.isfinite(snap.loss):
             self.losses.append((snap.step, snap.loss))
-            del self.losses[:-2000]
+            if len(self.loss_start) < int(self.th(BY_NAME["loss_not_decreasing"], "window")):
+                self.loss_start.append(snap.loss)
         current: dict[tuple[str, str | None], Condition] = {}
         for check in CHECKS:
             if check.name == "training_stalled" or self.samples < check.warmup:
@@ -209,19 +211,21 @@ class CheckEngine:
 
     def _check_loss_not_decreasing(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         w = int(self.th(c, "window"))
-        losses = [v for _, v in self.losses]
-        if len(losses) < 2 * w or s.loss is None:
+        losses = [v for _, v in self.losses][-2 * w:]
+        if len(losses) < 2 * w or s.loss is None or len(self.loss_start) < w:
             return
         # While the learning rate is still warming up, a flat loss is expected.
         lrs = [max(h.learning_rates) for h in list(self.history)[-2 * w:] if h.learning_rates]
         if len(lrs) >= 2 * w and max(lrs[w:]) > 1.05 * max(lrs[:w]):
             return
-        start = statistics.fmean(losses[:w])
-        prev = statistics.fmean(losses[-2 * w:-w])
+        start = statistics.fmean(self.loss_start[:w])
+        prev = statistics.fmean(losses[:w])
         last = statistics.fmean(losses[-w:])
         improvement = (prev - last) / abs(prev) if prev else 0.0
         dropped = (start - last) / abs(start) if start else 0.0
-        if improvement < self.th(c, "min_improvement") and dropped < 1 - self.th(c, "near_start"):
+        # Hysteresis: once firing, it takes twice the minimum improvement to resolve (no flapping).
+        need = self.th(c, "min_improvement") * (2 if ("loss_not_decreasing", None) in self._active else 1)
+        if improvement < need and dropped < 1 - self.th(c, "near_start"):
             yield None, last, {"window": w, "improvement": improvement, "start_ratio": last / start if start else 1.0}
 
     def _check_loss_at_init(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:

@@ -97,8 +97,8 @@ def saturated_count(out: Tensor, center: float, half_width: float) -> Tensor:
     """Number of elements with ``|out - center| > half_width`` as a float32 0-d tensor.
 
     Uses ``sum(sign(|x - c| - h)) = saturated - unsaturated`` (float math, no boolean reduction, which
-    is several times slower on CPU). Elements exactly on the threshold count half. NaN inputs make the
-    result NaN; callers treat that as "unknown" (the non-finite count reports them).
+    is several times slower on CPU). Elements exactly on the threshold count half, and so do NaN elements
+    (``sign(nan)`` is 0); the non-finite count reports those.
     """
     x = out.detach()
     n = x.numel()

@@ -1,0 +1,319 @@
+"""The check engine over synthetic scalar histories: fires after hold, stays, resolves, warmup, stall watcher."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from types import SimpleNamespace
+
+import pytest
+
+from agent.catalogue import BY_NAME, CHECKS, alert_name, validate_catalogue
+from agent.checks import CheckEngine
+from agent.config import Options
+from agent.snapshot import ActivationStats, LayerStats, MemoryStats, Snapshot
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def fired(self, f):
+        self.events.append(("fired", f.check, f.module, f.step))
+
+    def resolved(self, f, step):
+        self.events.append(("resolved", f.check, f.module, step))
+
+    def close(self):
+        pass
+
+
+def fake_monitor(**kw):
+    base = dict(val_history=[], constant_weights=(), last_step_wall=None, _recent_step_seconds=deque(), step_index=0)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def layer(module="fc", grad=0.1, weight=1.0, update=1e-3, params=100, **kw):
+    return LayerStats(module=module, params=params, grad_norm=grad, weight_norm=weight, update_norm=update,
+                      grad_nonfinite=kw.get("grad_nonfinite", 0), weight_nonfinite=kw.get("weight_nonfinite", 0),
+                      params_without_grad=kw.get("without", 0), in_optimizer=kw.get("in_optimizer", True))
+
+
+def snap(step, **kw):
+    kw.setdefault("layers", (layer(),))
+    kw.setdefault("learning_rates", (1e-3,))
+    return Snapshot(step=step, time=1000.0 + step, **kw)
+
+
+def engine(**opts):
+    rec = Recorder()
+    eng = CheckEngine(Options(port=None, **opts), notifier=rec)
+    eng._ensure_watcher = lambda monitor: None  # no thread in unit tests
+    return eng, rec
+
+
+def test_catalogue_is_complete_and_consistent():
+    validate_catalogue()
+    names = {c.name for c in CHECKS}
+    assert names == {
+        "nonfinite_values", "exploding_gradients", "vanishing_gradients", "dead_units", "saturated_activations",
+        "loss_not_decreasing", "loss_at_init", "learning_rate_zero", "parameters_without_gradient",
+        "weights_not_updating", "update_ratio_out_of_range", "gradients_not_cleared", "eval_in_train_mode",
+        "overfitting", "constant_init", "memory_leak", "training_stalled",
+    }
+    assert alert_name("dead_units") == "NNWatchDeadUnits"
+    assert BY_NAME["nonfinite_values"].severity == "critical" and BY_NAME["training_stalled"].severity == "critical"
+    assert BY_NAME["dead_units"].runbook_url.endswith("#nnwatchdeadunits")
+    for c in CHECKS:
+        assert hasattr(CheckEngine, f"_check_{c.name}") or c.name == "training_stalled"
+
+
+def dead_snap(step, ratio):
+    return snap(step, activations=(ActivationStats("act1", "relu", 64, ratio, None, 0),))
+
+
+def test_fires_only_after_hold_then_stays_once_then_resolves():
+    eng, rec = engine()
+    mon = fake_monitor()
+    hold = BY_NAME["dead_units"].hold
+    for i in range(hold - 1):
+        eng.evaluate(dead_snap(i * 10, 0.9), mon)
+    assert eng.active() == [] and rec.events == []
+    eng.evaluate(dead_snap((hold - 1) * 10, 0.9), mon)
+    [f] = eng.active()
+    assert (f.check, f.module, f.step, f.severity) == ("dead_units", "act1", 0, "warning")
+    assert "90%" in f.message and "act1" in f.message and "Try:" in f.message
+    for i in range(hold, hold + 5):
+        eng.evaluate(dead_snap(i * 10, 0.8), mon)
+    assert rec.events == [("fired", "dead_units", "act1", 0)]  # once while it holds
+    assert eng.active()[0].value == 0.8  # the number stays current
+    eng.evaluate(dead_snap(100, 0.1), mon)
+    assert eng.active() == []
+    assert rec.events[-1] == ("resolved", "dead_units", "act1", 100)
+    assert eng.raised[("dead_units", "warning")] == 1
+
+
+def test_interrupted_streak_does_not_fire():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i, r in enumerate([0.9, 0.9, 0.1, 0.9, 0.9, 0.1]):
+        eng.evaluate(dead_snap(i, r), mon)
+    assert rec.events == []
+
+
+def test_warmup_skips_early_samples():
+    eng, rec = engine()
+    mon = fake_monitor()
+    c = BY_NAME["update_ratio_out_of_range"]
+    for i in range(c.warmup + c.hold - 1):
+        eng.evaluate(snap(i, layers=(layer(update=5.0),)), mon)
+    assert not [e for e in rec.events if e[1] == c.name]
+    eng.evaluate(snap(99, layers=(layer(update=5.0),)), mon)
+    assert ("fired", c.name, None, c.warmup) in rec.events
+
+
+def test_nonfinite_fires_immediately_and_is_critical_but_not_on_amp_skipped_steps():
+    eng, rec = engine()
+    mon = fake_monitor()
+    eng.evaluate(snap(0, amp_skipped=True, layers=(layer(grad=math.inf, grad_nonfinite=3),)), mon)
+    assert eng.active() == []
+    eng.evaluate(snap(1, layers=(layer(grad=math.nan, grad_nonfinite=3),), loss=math.nan, loss_nonfinite=1), mon)
+    [f] = [f for f in eng.active() if f.check == "nonfinite_values"]
+    assert f.severity == "critical" and "4 non-finite loss/gradient values" in f.message and "fc" in f.message
+
+
+def test_exploding_gradients_against_rolling_median_and_absolute():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(10):
+        eng.evaluate(snap(i, layers=(layer(grad=1.0 + 0.1 * (i % 3)),)), mon)
+    eng.evaluate(snap(10, layers=(layer(grad=50.0),)), mon)  # a single spike: not sustained
+    eng.evaluate(snap(11, layers=(layer(grad=1.0),)), mon)
+    assert not any(e[1] == "exploding_gradients" for e in rec.events)
+    for i in range(12, 14):
+        eng.evaluate(snap(i, layers=(layer(grad=100.0),)), mon)
+    assert ("fired", "exploding_gradients", None, 12) in rec.events
+    eng2, rec2 = engine()
+    for i in range(5):
+        eng2.evaluate(snap(i, layers=(layer(grad=1e6),)), mon)
+    assert any(e[1] == "exploding_gradients" for e in rec2.events)
+
+
+def test_vanishing_gradients_needs_the_rest_of_the_model_to_learn():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(6):
+        eng.evaluate(snap(i, layers=(layer("early", grad=1e-9), layer("late", grad=0.1))), mon)
+    assert [e[2] for e in rec.events if e[1] == "vanishing_gradients"] == ["early"]
+    eng2, rec2 = engine()
+    for i in range(6):  # everything tiny: a converged model, not vanishing
+        eng2.evaluate(snap(i, layers=(layer("a", grad=1e-9), layer("b", grad=1e-9))), mon)
+    assert not any(e[1] == "vanishing_gradients" for e in rec2.events)
+
+
+def test_loss_not_decreasing_and_its_resolution():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(25):
+        eng.evaluate(snap(i, loss=2.3 + 0.01 * (i % 2)), mon)
+    assert ("fired", "loss_not_decreasing", None, 19) in rec.events
+    for i in range(25, 50):
+        eng.evaluate(snap(i, loss=2.3 * 0.9 ** (i - 24)), mon)
+    assert rec.events[-1][0:2] == ("resolved", "loss_not_decreasing")
+
+
+def test_loss_not_decreasing_ignores_a_decreasing_loss_and_lr_warmup():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(40):
+        eng.evaluate(snap(i, loss=2.3 * 0.97 ** i), mon)
+    for i in range(40, 60):  # converged plateau far below the start: fine
+        eng.evaluate(snap(i, loss=0.2), mon)
+    eng2, rec2 = engine()
+    for i in range(30):  # flat loss while the LR is still warming up
+        eng2.evaluate(snap(i, loss=2.3, learning_rates=(1e-5 * i,)), mon)
+    assert not any(e[1] == "loss_not_decreasing" for e in rec.events + rec2.events)
+
+
+@pytest.mark.parametrize("first,fires", [(2.30, False), (2.9, False), (9.0, True), (0.3, True)])
+def test_loss_at_init(first, fires):
+    eng, rec = engine(num_classes=10)
+    eng.evaluate(snap(0, first_loss=first, loss=first), fake_monitor())
+    assert any(e[1] == "loss_at_init" for e in rec.events) == fires
+    if fires:
+        for i in range(1, 5):
+            eng.evaluate(snap(i, first_loss=first, loss=1.0), fake_monitor())
+        assert any(f.check == "loss_at_init" for f in eng.active())  # a fact about the start: stays
+
+
+def test_loss_at_init_expected_value_option():
+    eng, rec = engine(expected_initial_loss=0.25)
+    eng.evaluate(snap(0, first_loss=0.26), fake_monitor())
+    assert not rec.events
+    eng, rec = engine(expected_initial_loss=0.25)
+    eng.evaluate(snap(0, first_loss=5.0), fake_monitor())
+    assert rec.events[0][1] == "loss_at_init"
+
+
+def test_learning_rate_zero_after_warmup_and_sustained():
+    eng, rec = engine()
+    mon = fake_monitor()
+    eng.evaluate(snap(0, learning_rates=(0.0,)), mon)  # warmup from 0
+    for i in range(1, 5):
+        eng.evaluate(snap(i, learning_rates=(1e-4 * i,)), mon)
+    assert not any(e[1] == "learning_rate_zero" for e in rec.events)
+    for i in range(5, 11):
+        eng.evaluate(snap(i, learning_rates=(0.0, 1e-12)), mon)
+    assert ("fired", "learning_rate_zero", None, 5) in rec.events
+
+
+def test_module_checks_name_the_module():
+    eng, rec = engine()
+    mon = fake_monitor(constant_weights=("enc.0",))
+    for i in range(4):
+        eng.evaluate(snap(i, layers=(layer("used"), layer("unused", grad=None, update=None, without=2),
+                                     layer("left_out", update=0.0, in_optimizer=False))), mon)
+    fired = {(e[1], e[2]) for e in rec.events if e[0] == "fired"}
+    assert ("parameters_without_gradient", "unused") in fired
+    assert ("weights_not_updating", "left_out") in fired
+    assert ("constant_init", "enc.0") in fired
+    assert ("weights_not_updating", "used") not in fired
+    msg = next(f.message for f in eng.active() if f.check == "weights_not_updating")
+    assert "not in the optimizer" in msg
+
+
+def test_gradients_not_cleared_and_eval_in_train_mode():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(3):
+        eng.evaluate(snap(i, uncleared_grad_norm=0.5, eval_in_train_forwards=2 * i), mon)
+    fired = {e[1] for e in rec.events}
+    assert {"gradients_not_cleared", "eval_in_train_mode"} <= fired
+    quiet = int(BY_NAME["eval_in_train_mode"].thresholds["quiet_samples"])
+    for i in range(3, 4 + quiet):
+        eng.evaluate(snap(i, uncleared_grad_norm=0.0, eval_in_train_forwards=4), mon)
+    resolved = {e[1] for e in rec.events if e[0] == "resolved"}
+    assert {"gradients_not_cleared", "eval_in_train_mode"} <= resolved
+
+
+def test_overfitting_needs_consecutive_rises_while_train_loss_falls():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(40):
+        if i % 10 == 0:
+            mon.val_history.append((i, [1.0, 0.9, 1.0, 1.1][i // 10]))  # fall, then two rises
+        eng.evaluate(snap(i, loss=2.0 * 0.95 ** i), mon)
+    assert ("overfitting" in {e[1] for e in rec.events}) is False  # only 2 rises so far
+    mon.val_history.append((40, 1.5))
+    eng.evaluate(snap(40, loss=0.2), mon)
+    assert any(e[1] == "overfitting" for e in rec.events)
+
+
+def test_memory_leak_on_steady_growth_only():
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(20):  # noisy but flat
+        eng.evaluate(snap(i * 10, memory=MemoryStats(host_rss=1e9 + (i % 3) * 4e6)), mon)
+    assert not any(e[1] == "memory_leak" for e in rec.events)
+    for i in range(20, 40):  # +8 MiB per sample, steady
+        eng.evaluate(snap(i * 10, memory=MemoryStats(host_rss=1e9 + (i - 20) * 8 * 2**20)), mon)
+    [f] = [f for f in eng.active() if f.check == "memory_leak"]
+    assert "host" in f.message and "MiB" in f.message
+    eng2, rec2 = engine()
+    for i in range(20):
+        eng2.evaluate(snap(i, memory=MemoryStats(host_rss=1e9, cuda_allocated={"0": 1e8 + i * 2**22})), mon)
+    assert any("cuda:0" in f.message for f in eng2.active() if f.check == "memory_leak")
+
+
+def test_training_stalled_learned_and_hard_limit():
+    eng, rec = engine(stall_seconds=30.0)
+    mon = fake_monitor(last_step_wall=1000.0, _recent_step_seconds=deque([0.5] * 10), step_index=7)
+    eng.check_stall(mon, now=1010.0)
+    assert eng.active() == []
+    eng.check_stall(mon, now=1031.0)  # over the hard limit
+    [f] = eng.active()
+    assert f.check == "training_stalled" and f.severity == "critical" and "31 s" in f.message
+    mon.last_step_wall = 1040.0
+    eng.check_stall(mon, now=1040.5)
+    assert eng.active() == [] and rec.events[-1][0] == "resolved"
+    eng2, rec2 = engine()
+    mon2 = fake_monitor(last_step_wall=0.0, _recent_step_seconds=deque([10.0] * 5))
+    eng2.check_stall(mon2, now=150.0)  # learned limit: max(120 s, 20 x 10 s) = 200 s
+    assert eng2.active() == []
+    eng2.check_stall(mon2, now=201.0)
+    assert eng2.active()[0].check == "training_stalled"
+
+
+def test_stall_watcher_thread_fires_without_training_thread(caplog):
+    import time
+
+    import agent
+    from tests.helpers import SmallMLP, train
+    import torch
+
+    model = SmallMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = agent.attach(model, opt, port=None, sample_every=1, stall_seconds=0.3)
+    train(model, opt, 3, monitor=mon)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(f.check == "training_stalled" for f in mon.findings):
+        time.sleep(0.05)
+    assert any(f.check == "training_stalled" for f in mon.findings)
+    assert any("training_stalled" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    train(model, opt, 1, monitor=mon)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(f.check == "training_stalled" for f in mon.findings):
+        time.sleep(0.05)
+    assert not any(f.check == "training_stalled" for f in mon.findings)
+    mon.close()
+    assert not mon.engine._watcher.is_alive()
+
+
+def test_threshold_overrides():
+    eng, rec = engine(thresholds={"dead_units.ratio": 0.95})
+    mon = fake_monitor()
+    for i in range(5):
+        eng.evaluate(dead_snap(i, 0.9), mon)
+    assert not rec.events

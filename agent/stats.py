@@ -20,13 +20,25 @@ def _groups(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype],
     return groups
 
 
+def local_values(t: Tensor) -> Tensor:
+    """The elements this process holds, as a dense tensor: a sparse gradient's coalesced values (duplicate
+    indices summed first, as the optimizer sees them), a DTensor's local shard (FSDP2), else ``t``."""
+    if t.is_sparse:
+        return t.coalesce().values()
+    if t.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        return t.values()
+    to_local = getattr(t, "to_local", None)  # DTensor: never all-gather, the shard's share adds up over ranks
+    return to_local() if to_local is not None else t
+
+
 def squared_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
     """Sum of squares of each tensor, as a float32 0-d tensor on the tensor's own device.
 
     Squared norms (not norms) so that layers, shards and ranks add up exactly: the norm of a union is
     ``sqrt(sum(squared))``, never a sum of norms. One ``_foreach_norm`` per (device, dtype) group;
-    float32 accumulation for low-precision inputs.
+    float32 accumulation for low-precision inputs. Sparse and sharded tensors count the elements held here.
     """
+    tensors = [local_values(t.detach()) for t in tensors]
     out: list[Tensor | None] = [None] * len(tensors)
     for (device, dtype), idx in _groups(tensors).items():
         group = [tensors[i].detach() for i in idx]
@@ -45,8 +57,8 @@ def squared_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 
 def nonfinite_count(t: Tensor) -> Tensor:
-    """Number of NaN/Inf elements of ``t`` (int64 0-d, on t's device)."""
-    t = t.detach()
+    """Number of NaN/Inf elements of ``t`` (int64 0-d, on t's device); sparse/sharded: of the values held."""
+    t = local_values(t.detach())
     if not (t.is_floating_point() or t.is_complex()):
         return torch.zeros((), dtype=torch.int64, device=t.device)
     return t.numel() - torch.isfinite(t).sum()
@@ -110,6 +122,7 @@ def saturated_count(out: Tensor, center: float, half_width: float) -> Tensor:
 
 
 __all__ = [
+    "local_values",
     "squared_norms",
     "nonfinite_count",
     "difference_squared_norms",

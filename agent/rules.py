@@ -1,0 +1,489 @@
+"""Prometheus alerting and recording rules, generated from the check catalogue (agent.catalogue).
+
+Every catalogue check becomes an alert ``check.alert`` (``dead_units`` -> ``NNWatchDeadUnits``) with
+``for: check.prometheus_for``, a ``severity`` label, a static ``summary``, a templated ``description``,
+the current ``value`` and ``runbook_url``. Fleet alerts that only Prometheus can evaluate (a target that
+is down, ranks whose weights differ, a straggler rank, a throughput drop, GPU memory near capacity) come
+after them. Everything a team may want to change lives in one place, :class:`RulesConfig`; values may be
+strings, inserted verbatim, so a Helm chart can pass ``{{ .Values... }}`` template expressions.
+
+``nnwatch generate`` writes ``alerts/nnwatch.rules.yml`` (committed; a test regenerates and compares).
+``nnwatch rules`` prints the rules for another selector or other thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .catalogue import BY_NAME, CHECKS, RUNBOOK_BASE, alert_name
+
+Value = float | int | str
+"""A threshold or duration: numbers are formatted for PromQL, strings are inserted verbatim."""
+
+PROMETHEUS_PARAMS: Mapping[str, tuple[Value, str]] = MappingProxyType({
+    "exploding_gradients.window": ("30m", "range over which the rolling median of the global gradient norm is taken"),
+    "eval_in_train_mode.window": ("15m", "range over which no-grad forwards in training mode are counted"),
+})
+"""Parameters of catalogue checks that only the Prometheus rules use (the agent counts samples, PromQL time)."""
+
+FLEET_PARAMS: Mapping[str, tuple[Value, str]] = MappingProxyType({
+    "rank_desync.tolerance": (1e-3, "relative deviation of a rank's global weight norm from the median of its ranks"),
+    "straggler_rank.factor": (1.5, "a rank's mean step time above this multiple of the median of its ranks"),
+    "throughput_drop.ratio": (0.5, "steps or samples per second below this share of their own median"),
+    "throughput_drop.window": ("1h", "range of the median that throughput is compared with"),
+    "gpu_memory_near_capacity.warning_ratio": (0.9, "GPU memory used / total above which a warning fires"),
+    "gpu_memory_near_capacity.critical_ratio": (0.97, "GPU memory used / total above which a page fires"),
+})
+"""Thresholds of the fleet alerts, same ``name.param`` keys as catalogue thresholds."""
+
+
+def default_params() -> dict[str, Value]:
+    """Every threshold key and its default: catalogue thresholds, Prometheus-only and fleet parameters."""
+    out: dict[str, Value] = {f"{c.name}.{k}": v for c in CHECKS for k, v in c.thresholds.items()}
+    out.update({k: v for k, (v, _) in PROMETHEUS_PARAMS.items()})
+    out.update({k: v for k, (v, _) in FLEET_PARAMS.items()})
+    return out
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """The one place to configure the rules (a monitoring mixin's ``_config``).
+
+    Strings are inserted verbatim into expressions and ``for:`` fields, numbers are formatted for PromQL.
+    """
+
+    selector: str = 'job=~".+"'
+    """Label matchers added to every ``nnwatch_*`` selector: which jobs the rules apply to."""
+    target_selector: str = 'job=~".*nnwatch.*"'
+    """Matchers on ``up`` for NNWatchExporterDown: the scrape jobs that are nnwatch training jobs (``up``
+    covers every target of a Prometheus, so ``selector`` alone would page for other exporters)."""
+    expected_jobs: tuple[str, ...] = ()
+    """Jobs that must always have a target; NNWatchExporterDown also fires when ``up{job=...}`` is absent.
+    Empty by default: training jobs come and go, and an absent batch job is usually a finished one."""
+    run_labels: str = "job"
+    """Labels that identify one training run across its ranks (compared by the rank alerts), e.g.
+    ``namespace, job``."""
+    thresholds: Mapping[str, Value] = field(default_factory=dict)
+    """Overrides keyed ``check.threshold`` (see :func:`default_params`)."""
+    for_durations: Mapping[str, str] = field(default_factory=dict)
+    """``for:`` overrides keyed by rule key (the alert name; ``NNWatchGPUMemoryNearCapacityCritical`` for
+    the paging tier of GPU memory)."""
+    runbook_base: str = RUNBOOK_BASE
+    """Base URL of docs/runbooks.md; each alert links to ``<base>#<alert name lowercased>``."""
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels added to every alert (e.g. ``team``)."""
+    interval: str | None = None
+    """Evaluation interval of the rule groups (None: the Prometheus global one)."""
+
+    def __post_init__(self) -> None:
+        params = default_params()
+        unknown = sorted(set(self.thresholds) - set(params))
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(params))}")
+        keys = {r.key for r in RULES}
+        unknown = sorted(set(self.for_durations) - keys)
+        if unknown:
+            raise ValueError(f"unknown rule key(s) in for_durations {', '.join(unknown)}; valid keys: {', '.join(sorted(keys))}")
+        for k, v in self.thresholds.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise TypeError(f"threshold {k} must be a number or a string, got {v!r}")
+
+    def param(self, key: str) -> str:
+        """A threshold as PromQL text."""
+        value = self.thresholds.get(key, default_params()[key])
+        return value if isinstance(value, str) else _number(value)
+
+    def duration(self, rule: "Rule") -> str:
+        return self.for_durations.get(rule.key, rule.default_for)
+
+    def m(self, metric: str, *matchers: str) -> str:
+        """``metric{matchers, selector}``."""
+        parts = [*matchers, self.selector] if self.selector else list(matchers)
+        return f"{metric}{{{', '.join(parts)}}}" if parts else metric
+
+
+def _number(v: float | int) -> str:
+    f = float(v)
+    if f.is_integer() and abs(f) < 1e15:
+        return str(int(f))
+    return repr(f)
+
+
+# -- description fragments (Prometheus alert templates) --------------------------------------------
+WHERE = "job {{ $labels.job }} on {{ $labels.instance }}{{ with $labels.rank }} (rank {{ . }}){{ end }}"
+"""Where an alert fires: job, instance and, in distributed jobs, the rank."""
+LAYER = "layer {{ $labels.module }} of " + WHERE
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One generated alert: its expression and texts are built from a RulesConfig."""
+
+    key: str
+    alert: str
+    severity: str
+    summary: str
+    default_for: str
+    expr: Callable[[RulesConfig], str]
+    description: Callable[[RulesConfig], str]
+    source: str
+    """Which signal the rule reads, and why (written into the generated file's header)."""
+    value: str = "{{ $value | humanize }}"
+    """Template of the ``value`` annotation (what the notification shows as the number)."""
+
+
+def _finding(check: str, value_metric: str) -> Callable[[RulesConfig], str]:
+    """The agent's own evaluation (``nnwatch_finding_active``), joined with a metric that shows the number."""
+    def expr(c: RulesConfig) -> str:
+        return (f"{c.m(value_metric)}\n  and ignoring(check, severity, module)\n"
+                f"({c.m('nnwatch_finding_active', f'check={chr(34)}{check}{chr(34)}')} == 1)")
+    return expr
+
+
+def _catalogue_rules() -> list[Rule]:
+    def rule(name: str, expr: Callable[[RulesConfig], str], desc: Callable[[RulesConfig], str], source: str,
+             value: str = "{{ $value | humanize }}") -> Rule:
+        c = BY_NAME[name]
+        return Rule(key=c.alert, alert=c.alert, severity=c.severity, summary=c.summary, default_for=c.prometheus_for,
+                    expr=expr, description=desc, source=source, value=value)
+
+    pct = "{{ $value | humanizePercentage }}"
+    return [
+        rule("nonfinite_values",
+             lambda c: f"sum without (tensor) ({c.m('nnwatch_global_nonfinite_elements')}) >= {c.param('nonfinite_values.min_count')}",
+             lambda c: "{{ $value | humanize }} NaN/Inf values (loss, gradients, weights or activations) on the last "
+                       f"sampled step of {WHERE}; the job log names the first layer.",
+             "raw: nnwatch_global_nonfinite_elements. A step an AMP GradScaler skips clears by the next sample, "
+             "so `for` keeps it out while NaN weights (which never clear) page."),
+        rule("exploding_gradients",
+             lambda c: (f"{c.m('nnwatch_global_gradient_norm')} > {c.param('exploding_gradients.absolute')}\nor\n"
+                        f"{c.m('nnwatch_global_gradient_norm')}\n  > {c.param('exploding_gradients.median_factor')} * "
+                        f"quantile_over_time(0.5, {c.m('nnwatch_global_gradient_norm')}[{c.param('exploding_gradients.window')}])"),
+             lambda c: f"global gradient norm {{{{ $value | humanize }}}} of {WHERE} is above "
+                       f"{c.param('exploding_gradients.median_factor')}x its median over "
+                       f"{c.param('exploding_gradients.window')} or above {c.param('exploding_gradients.absolute')}.",
+             "raw: nnwatch_global_gradient_norm against its own median over a time window."),
+        rule("vanishing_gradients",
+             lambda c: (f"{c.m('nnwatch_gradient_norm')} / {c.m('nnwatch_weight_norm')} < {c.param('vanishing_gradients.relative')}\n"
+                        f"  and ignoring(module)\n"
+                        f"max without (module) ({c.m('nnwatch_gradient_norm')} / {c.m('nnwatch_weight_norm')}) "
+                        f">= 100 * {c.param('vanishing_gradients.relative')}"),
+             lambda c: f"{LAYER}: gradient norm / weight norm is {{{{ $value | humanize }}}}, below "
+                       f"{c.param('vanishing_gradients.relative')}, while other layers still get a signal.",
+             "raw: nnwatch_gradient_norm / nnwatch_weight_norm per layer, only while some layer of the model gets "
+             "a signal (a converged model is not vanishing). The agent's RMS test needs per-layer sizes it does "
+             "not export."),
+        rule("dead_units",
+             lambda c: f"{c.m('nnwatch_activation_dead_ratio')} >= {c.param('dead_units.ratio')}",
+             lambda c: f"{pct} of the units of activation {{{{ $labels.module }}}} ({{{{ $labels.activation }}}}) in "
+                       f"{WHERE} never activated over the agent's dead-unit window.",
+             "raw: nnwatch_activation_dead_ratio (the window is kept by the agent).", value=pct),
+        rule("saturated_activations",
+             lambda c: f"{c.m('nnwatch_activation_saturated_ratio')} >= {c.param('saturated_activations.ratio')}",
+             lambda c: f"{pct} of the outputs of activation {{{{ $labels.module }}}} ({{{{ $labels.activation }}}}) in "
+                       f"{WHERE} are in its flat region.",
+             "raw: nnwatch_activation_saturated_ratio.", value=pct),
+        rule("loss_not_decreasing", _finding("loss_not_decreasing", "nnwatch_loss"),
+             lambda c: f"the training loss of {WHERE} is stuck at {{{{ $value | humanize }}}}, close to where it started.",
+             "agent finding: nnwatch_finding_active. Windows of samples compared with the start of the run need "
+             "the whole history, which PromQL expresses poorly; the value shown is nnwatch_loss."),
+        rule("loss_at_init",
+             lambda c: (f"{c.m('nnwatch_initial_loss')}\n  and\n"
+                        f"abs({c.m('nnwatch_initial_loss')} - {c.m('nnwatch_expected_initial_loss')})\n"
+                        f"  > clamp_min({c.param('loss_at_init.relative')} * abs({c.m('nnwatch_expected_initial_loss')}), "
+                        f"{c.param('loss_at_init.absolute')})"),
+             lambda c: f"the first loss of {WHERE} was {{{{ $value | humanize }}}}, far from the loss expected at "
+                       "initialisation (ln of the number of classes).",
+             "raw: nnwatch_initial_loss against nnwatch_expected_initial_loss (exported when num_classes or "
+             "expected_initial_loss is set)."),
+        rule("learning_rate_zero",
+             lambda c: f"max without (param_group) ({c.m('nnwatch_learning_rate')}) <= {c.param('learning_rate_zero.max_lr')}",
+             lambda c: f"the largest learning rate of {WHERE} is {{{{ $value | humanize }}}}.",
+             "raw: nnwatch_learning_rate (largest over the param groups)."),
+        rule("parameters_without_gradient",
+             lambda c: f"{c.m('nnwatch_parameters_without_gradient')} >= {c.param('parameters_without_gradient.min_params')}",
+             lambda c: f"{LAYER}: {{{{ $value | humanize }}}} trainable parameter tensor(s) get no gradient in backward.",
+             "raw: nnwatch_parameters_without_gradient per layer."),
+        rule("weights_not_updating",
+             lambda c: (f"{c.m('nnwatch_gradient_norm')} > 0\n  and\n"
+                        f"{c.m('nnwatch_update_ratio')} <= {c.param('weights_not_updating.max_update')}"),
+             lambda c: f"{LAYER} has gradient norm {{{{ $value | humanize }}}} but its weights did not change across "
+                       "the optimizer step.",
+             "raw: nnwatch_update_ratio (update norm / weight norm, 0 exactly when the update norm is 0) while "
+             "nnwatch_gradient_norm > 0."),
+        rule("update_ratio_out_of_range",
+             lambda c: (f"{c.m('nnwatch_global_update_ratio')} > {c.param('update_ratio_out_of_range.high')}\nor\n"
+                        f"(\n  {c.m('nnwatch_global_update_ratio')} < {c.param('update_ratio_out_of_range.low')}\n"
+                        f"  unless\n  max without (param_group) ({c.m('nnwatch_learning_rate')}) <= "
+                        f"{c.param('learning_rate_zero.max_lr')}\n)"),
+             lambda c: f"update/weight ratio {{{{ $value | humanize }}}} of {WHERE} is outside "
+                       f"[{c.param('update_ratio_out_of_range.low')}, {c.param('update_ratio_out_of_range.high')}] "
+                       "(healthy is around 1e-3).",
+             "raw: nnwatch_global_update_ratio; a learning rate of 0 is left to NNWatchLearningRateZero."),
+        rule("gradients_not_cleared",
+             lambda c: (f"{c.m('nnwatch_uncleared_gradient_norm')} > {c.param('gradients_not_cleared.min_norm')}\nor\n"
+                        f"{c.m('nnwatch_uncleared_gradient_norm')} != {c.m('nnwatch_uncleared_gradient_norm')}"),
+             lambda c: f"gradients of norm {{{{ $value | humanize }}}} were left over when backward started in {WHERE}.",
+             "raw: nnwatch_uncleared_gradient_norm (NaN counts too: x != x)."),
+        rule("eval_in_train_mode",
+             lambda c: (f"increase({c.m('nnwatch_eval_in_train_mode_forwards_total')}[{c.param('eval_in_train_mode.window')}]) "
+                        f">= {c.param('eval_in_train_mode.min_forwards')}"),
+             lambda c: f"{{{{ $value | humanize }}}} forward passes without autograd ran with dropout/batch norm in training "
+                       f"mode in {WHERE} over the last {c.param('eval_in_train_mode.window')}.",
+             "raw: increase of nnwatch_eval_in_train_mode_forwards_total over a time window (the agent's "
+             "quiet_samples becomes the window)."),
+        rule("overfitting", _finding("overfitting", "nnwatch_validation_loss"),
+             lambda c: f"the validation loss of {WHERE} rose several times in a row to {{{{ $value | humanize }}}} while "
+                       "the training loss fell.",
+             "agent finding: consecutive rises of logged validation losses against the training loss at the same "
+             "steps need the history of both; the value shown is nnwatch_validation_loss."),
+        rule("constant_init",
+             lambda c: f"{c.m('nnwatch_constant_weights')} == 1",
+             lambda c: f"{LAYER} was initialised with a constant weight (zero spread).",
+             "raw: nnwatch_constant_weights (measured once at attach)."),
+        rule("memory_leak", _finding("memory_leak", "nnwatch_host_resident_memory_bytes"),
+             lambda c: f"memory of {WHERE} grows steadily every step (host RSS now {{{{ $value | humanize1024 }}}}B); "
+                       "the job log says which memory and how fast.",
+             "agent finding: the agent compares memory at the same point of every step and requires most steps "
+             "to grow, which separates a leak from a one-off allocation; the value shown is host RSS.",
+             value="{{ $value | humanize1024 }}B"),
+        rule("training_stalled",
+             lambda c: (f"time() - {c.m('nnwatch_last_step_timestamp_seconds')}\n"
+                        f"  > clamp_min({c.param('training_stalled.factor')} * {c.m('nnwatch_step_duration_seconds')}, "
+                        f"{c.param('training_stalled.min_seconds')})"),
+             lambda c: f"{WHERE} completed no training step for {{{{ $value | humanizeDuration }}}}.",
+             "raw: time() - nnwatch_last_step_timestamp_seconds against the last step's duration; the /metrics "
+             "thread keeps answering while the training thread hangs.",
+             value="{{ $value | humanizeDuration }}"),
+    ]
+
+
+def _exporter_down(c: RulesConfig) -> str:
+    sel = c.target_selector
+    parts = [f"up{{{sel}}} == 0", f"(up{{{sel}}} == 1 unless on(job, instance) nnwatch_build_info)"]
+    parts += [f'absent(up{{job="{job}"}})' for job in c.expected_jobs]
+    return "\nor\n".join(parts)
+
+
+def _vs_median(c: RulesConfig, series: str) -> str:
+    """The median over the ranks of one run, matched back to each rank."""
+    return f"on({c.run_labels}) group_left\n  quantile by ({c.run_labels}) (0.5, {series})"
+
+
+def _rank_desync(c: RulesConfig) -> str:
+    s = c.m("nnwatch_global_weight_norm", 'rank!=""')
+    return f"abs({s}\n  - {_vs_median(c, s)})\n/ {_vs_median(c, s)}\n> {c.param('rank_desync.tolerance')}"
+
+
+def _straggler(c: RulesConfig) -> str:
+    s = 'nnwatch:step_seconds:mean5m{rank!=""}'
+    g = c.run_labels
+    return f"{s}\n  > on({g}) group_left\n  {c.param('straggler_rank.factor')} * quantile by ({g}) (0.5, {s})"
+
+
+def _throughput(c: RulesConfig) -> str:
+    ratio, window = c.param("throughput_drop.ratio"), c.param("throughput_drop.window")
+    samples, steps = "nnwatch:samples_per_second:rate5m", "nnwatch:steps_per_second:rate5m"
+    return (f"{samples} < {ratio} * quantile_over_time(0.5, {samples}[{window}])\nor\n"
+            f"(\n  {steps} < {ratio} * quantile_over_time(0.5, {steps}[{window}])\n  unless {samples}\n)")
+
+
+def _gpu(tier: str) -> Callable[[RulesConfig], str]:
+    def expr(c: RulesConfig) -> str:
+        return (f"{c.m('nnwatch_gpu_memory_used_bytes')} / {c.m('nnwatch_gpu_memory_total_bytes')} "
+                f"> {c.param(f'gpu_memory_near_capacity.{tier}_ratio')}")
+    return expr
+
+
+def _fleet_rules() -> list[Rule]:
+    pct = "{{ $value | humanizePercentage }}"
+    gpu_desc = f"GPU {{{{ $labels.device }}}} of {WHERE} is {pct} full."
+    return [
+        Rule("NNWatchExporterDown", "NNWatchExporterDown", "critical", "The nnwatch exporter of a training job cannot be scraped.",
+             "5m", _exporter_down,
+             lambda c: "{{ if eq $value 0.0 }}Target {{ $labels.instance }} of job {{ $labels.job }} is down (scrapes fail)"
+                       "{{ else }}Job {{ $labels.job }}{{ with $labels.instance }} on {{ . }}{{ end }} serves no nnwatch "
+                       "metrics{{ end }}.",
+             "raw: up == 0 for targets selected by target_selector, or up == 1 without nnwatch_build_info (the "
+             "agent is not attached or serves another port), or up absent for each of expected_jobs.",
+             value="{{ $value }}"),
+        Rule("NNWatchRankDesync", "NNWatchRankDesync", "warning", "The weights of distributed ranks differ.",
+             "10m", _rank_desync,
+             lambda c: f"the global weight norm of {WHERE} deviates {pct} from the median of the ranks of its run.",
+             "raw: nnwatch_global_weight_norm of every rank (a fingerprint of the replica) against the median of "
+             "the ranks of the same run (run_labels).", value=pct),
+        Rule("NNWatchStragglerRank", "NNWatchStragglerRank", "warning", "One rank is much slower than the others.",
+             "15m", _straggler,
+             lambda c: f"{WHERE} takes {{{{ $value | humanizeDuration }}}} per step, over "
+                       f"{c.param('straggler_rank.factor')}x the median of the ranks of its run.",
+             "raw: recording rule nnwatch:step_seconds:mean5m per rank against the median of the ranks.",
+             value="{{ $value | humanizeDuration }}"),
+        Rule("NNWatchThroughputDrop", "NNWatchThroughputDrop", "warning", "Training throughput dropped far below its recent level.",
+             "15m", _throughput,
+             lambda c: f"throughput of {WHERE} fell to {{{{ $value | humanize }}}}/s, below "
+                       f"{c.param('throughput_drop.ratio')} of its median over {c.param('throughput_drop.window')}.",
+             "raw: recording rules nnwatch:samples_per_second:rate5m (or steps when samples are not counted) "
+             "against their own median.", value="{{ $value | humanize }}/s"),
+        Rule("NNWatchGPUMemoryNearCapacity", "NNWatchGPUMemoryNearCapacity", "warning", "GPU memory is nearly full.",
+             "15m", _gpu("warning"), lambda c: gpu_desc,
+             "raw: nnwatch_gpu_memory_used_bytes / nnwatch_gpu_memory_total_bytes (NVML, all processes).", value=pct),
+        Rule("NNWatchGPUMemoryNearCapacityCritical", "NNWatchGPUMemoryNearCapacity", "critical", "GPU memory is nearly full.",
+             "5m", _gpu("critical"), lambda c: gpu_desc,
+             "raw: as the warning, at the paging ratio (out of memory is imminent).", value=pct),
+    ]
+
+
+RULES: tuple[Rule, ...] = (*_catalogue_rules(), *_fleet_rules())
+"""Every generated alert rule, catalogue first."""
+
+ALERTS: tuple[str, ...] = tuple(dict.fromkeys(r.alert for r in RULES))
+"""Every alert name (each needs a runbook section and a promtool test)."""
+
+
+def _recording(c: RulesConfig) -> list[dict[str, Any]]:
+    steps = c.m("nnwatch_steps_total")
+    return [
+        {"record": "nnwatch:step_seconds:mean5m",
+         "expr": f"rate({c.m('nnwatch_step_time_seconds_total')}[5m]) / rate({steps}[5m])"},
+        {"record": "nnwatch:steps_per_second:rate5m", "expr": f"rate({steps}[5m])"},
+        {"record": "nnwatch:samples_per_second:rate5m", "expr": f"rate({c.m('nnwatch_samples_total')}[5m])"},
+    ]
+
+
+def _alert(rule: Rule, c: RulesConfig) -> dict[str, Any]:
+    return {
+        "alert": rule.alert,
+        "expr": rule.expr(c),
+        "for": c.duration(rule),
+        "labels": {"severity": rule.severity, **c.extra_labels},
+        "annotations": {
+            "summary": rule.summary,
+            "description": _sentence(rule.description(c)),
+            "value": rule.value,
+            "runbook_url": f"{c.runbook_base}#{rule.alert.lower()}",
+        },
+    }
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def render_groups(config: RulesConfig | None = None) -> list[dict[str, Any]]:
+    """The ``groups:`` list of a Prometheus rule file (or a PrometheusRule spec), as plain dicts."""
+    c = config or RulesConfig()
+    catalogue = {r.alert for r in _catalogue_rules()}
+    groups = [
+        {"name": "nnwatch.recording", "rules": _recording(c)},
+        {"name": "nnwatch.checks", "rules": [_alert(r, c) for r in RULES if r.alert in catalogue]},
+        {"name": "nnwatch.fleet", "rules": [_alert(r, c) for r in RULES if r.alert not in catalogue]},
+    ]
+    if c.interval:
+        for g in groups:
+            g["interval"] = c.interval
+    return groups
+
+
+def header(config: RulesConfig | None = None) -> str:
+    """The comment block of the generated file: how it was made and which signal each alert reads."""
+    lines = ["Generated by `nnwatch generate` (agent/rules.py) from agent/catalogue.py. Do not edit by hand:",
+             "change RulesConfig (selectors, thresholds, for durations) and regenerate, or run `nnwatch rules`.",
+             "",
+             "Signal of each alert: 'raw' rules evaluate exported metrics; 'agent finding' rules read the",
+             "agent's own evaluation (nnwatch_finding_active) where the check needs history PromQL expresses poorly.",
+             ""]
+    for r in RULES:
+        lines.append(f"{r.key} ({r.severity}, for {(config or RulesConfig()).duration(r)}): {r.source}")
+    import textwrap
+
+    out = []
+    for line in lines:
+        wrapped = textwrap.wrap(line, 108, subsequent_indent="    ") or [""]
+        out += [f"# {w}".rstrip() for w in wrapped]
+    return "\n".join(out) + "\n"
+
+
+def render_yaml(config: RulesConfig | None = None) -> str:
+    """A complete Prometheus rule file."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    _Dumper.add_representer(str, _str)
+    body = yaml.dump({"groups": render_groups(config)}, Dumper=_Dumper, sort_keys=False, width=1000,
+                     default_flow_style=False, allow_unicode=True)
+    return header(config) + body
+
+
+RULES_FILE = Path("alerts") / "nnwatch.rules.yml"
+
+
+def generate(root: Path) -> list[Path]:
+    """Write the committed rule file under ``root``."""
+    path = root / RULES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_yaml(RulesConfig()))
+    return [path]
+
+
+def _parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--{what} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    thresholds: dict[str, Value] = {}
+    for k, v in _parse_pairs(args.threshold, "threshold").items():
+        try:
+            thresholds[k] = float(v)
+        except ValueError:
+            thresholds[k] = v
+    try:
+        config = RulesConfig(
+            selector=args.selector, target_selector=args.target_selector, thresholds=thresholds,
+            for_durations=_parse_pairs(args.for_, "for"), runbook_base=args.runbook_base,
+            expected_jobs=tuple(args.expect_job), interval=args.interval,
+        )
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(str(exc)) from None
+    text = render_yaml(config)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def register(sub: Any) -> None:
+    d = RulesConfig()
+    p = sub.add_parser("rules", help="print the Prometheus alert rules for a selector, thresholds and durations")
+    p.add_argument("--selector", default=d.selector, help=f"matchers added to every nnwatch_* selector (default: {d.selector})")
+    p.add_argument("--target-selector", default=d.target_selector,
+                   help=f"matchers on up for NNWatchExporterDown (default: {d.target_selector})")
+    p.add_argument("--threshold", action="append", default=[], metavar="CHECK.PARAM=VALUE",
+                   help="override a threshold, e.g. dead_units.ratio=0.3 (repeatable)")
+    p.add_argument("--for", dest="for_", action="append", default=[], metavar="ALERT=DURATION",
+                   help="override a for duration, e.g. NNWatchDeadUnits=30m (repeatable)")
+    p.add_argument("--expect-job", action="append", default=[], metavar="JOB",
+                   help="also alert when this job has no target at all (repeatable)")
+    p.add_argument("--runbook-base", default=d.runbook_base, help="base URL of the runbooks")
+    p.add_argument("--interval", default=None, help="evaluation interval of the rule groups")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=_run)
+
+
+__all__ = ["RulesConfig", "RULES", "ALERTS", "render_groups", "render_yaml", "generate", "default_params", "register"]

@@ -117,6 +117,9 @@ def _number(v: float | int) -> str:
 WHERE = "job {{ $labels.job }} on {{ $labels.instance }}{{ with $labels.rank }} (rank {{ . }}){{ end }}"
 """Where an alert fires: job, instance and, in distributed jobs, the rank."""
 LAYER = "layer {{ $labels.module }} of " + WHERE
+NUM = '{{ printf "%.3g" $value }}'
+"""A measured number (norm, loss, ratio, learning rate) with three significant digits."""
+COUNT = "{{ $value | humanize }}"
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class Rule:
     description: Callable[[RulesConfig], str]
     source: str
     """Which signal the rule reads, and why (written into the generated file's header)."""
-    value: str = "{{ $value | humanize }}"
+    value: str = NUM
     """Template of the ``value`` annotation (what the notification shows as the number)."""
 
 
@@ -146,7 +149,7 @@ def _finding(check: str, value_metric: str) -> Callable[[RulesConfig], str]:
 
 def _catalogue_rules() -> list[Rule]:
     def rule(name: str, expr: Callable[[RulesConfig], str], desc: Callable[[RulesConfig], str], source: str,
-             value: str = "{{ $value | humanize }}") -> Rule:
+             value: str = NUM) -> Rule:
         c = BY_NAME[name]
         return Rule(key=c.alert, alert=c.alert, severity=c.severity, summary=c.summary, default_for=c.prometheus_for,
                     expr=expr, description=desc, source=source, value=value)
@@ -158,12 +161,12 @@ def _catalogue_rules() -> list[Rule]:
              lambda c: "{{ $value | humanize }} NaN/Inf values (loss, gradients, weights or activations) on the last "
                        f"sampled step of {WHERE}; the job log names the first layer.",
              "raw: nnwatch_global_nonfinite_elements. A step an AMP GradScaler skips clears by the next sample, "
-             "so `for` keeps it out while NaN weights (which never clear) page."),
+             "so `for` keeps it out while NaN weights (which never clear) page.", value=COUNT),
         rule("exploding_gradients",
              lambda c: (f"{c.m('nnwatch_global_gradient_norm')} > {c.param('exploding_gradients.absolute')}\nor\n"
                         f"{c.m('nnwatch_global_gradient_norm')}\n  > {c.param('exploding_gradients.median_factor')} * "
                         f"quantile_over_time(0.5, {c.m('nnwatch_global_gradient_norm')}[{c.param('exploding_gradients.window')}])"),
-             lambda c: f"global gradient norm {{{{ $value | humanize }}}} of {WHERE} is above "
+             lambda c: f"global gradient norm {NUM} of {WHERE} is above "
                        f"{c.param('exploding_gradients.median_factor')}x its median over "
                        f"{c.param('exploding_gradients.window')} or above {c.param('exploding_gradients.absolute')}.",
              "raw: nnwatch_global_gradient_norm against its own median over a time window."),
@@ -172,7 +175,7 @@ def _catalogue_rules() -> list[Rule]:
                         f"  and ignoring(module)\n"
                         f"max without (module) ({c.m('nnwatch_gradient_norm')} / {c.m('nnwatch_weight_norm')}) "
                         f">= 100 * {c.param('vanishing_gradients.relative')}"),
-             lambda c: f"{LAYER}: gradient norm / weight norm is {{{{ $value | humanize }}}}, below "
+             lambda c: f"{LAYER}: gradient norm / weight norm is {NUM}, below "
                        f"{c.param('vanishing_gradients.relative')}, while other layers still get a signal.",
              "raw: nnwatch_gradient_norm / nnwatch_weight_norm per layer, only while some layer of the model gets "
              "a signal (a converged model is not vanishing). The agent's RMS test needs per-layer sizes it does "
@@ -188,7 +191,7 @@ def _catalogue_rules() -> list[Rule]:
                        f"{WHERE} are in its flat region.",
              "raw: nnwatch_activation_saturated_ratio.", value=pct),
         rule("loss_not_decreasing", _finding("loss_not_decreasing", "nnwatch_loss"),
-             lambda c: f"the training loss of {WHERE} is stuck at {{{{ $value | humanize }}}}, close to where it started.",
+             lambda c: f"the training loss of {WHERE} is stuck at {NUM}, close to where it started.",
              "agent finding: nnwatch_finding_active. Windows of samples compared with the start of the run need "
              "the whole history, which PromQL expresses poorly; the value shown is nnwatch_loss."),
         rule("loss_at_init",
@@ -196,22 +199,22 @@ def _catalogue_rules() -> list[Rule]:
                         f"abs({c.m('nnwatch_initial_loss')} - {c.m('nnwatch_expected_initial_loss')})\n"
                         f"  > clamp_min({c.param('loss_at_init.relative')} * abs({c.m('nnwatch_expected_initial_loss')}), "
                         f"{c.param('loss_at_init.absolute')})"),
-             lambda c: f"the first loss of {WHERE} was {{{{ $value | humanize }}}}, far from the loss expected at "
+             lambda c: f"the first loss of {WHERE} was {NUM}, far from the loss expected at "
                        "initialisation (ln of the number of classes).",
              "raw: nnwatch_initial_loss against nnwatch_expected_initial_loss (exported when num_classes or "
              "expected_initial_loss is set)."),
         rule("learning_rate_zero",
              lambda c: f"max without (param_group) ({c.m('nnwatch_learning_rate')}) <= {c.param('learning_rate_zero.max_lr')}",
-             lambda c: f"the largest learning rate of {WHERE} is {{{{ $value | humanize }}}}.",
+             lambda c: f"the largest learning rate of {WHERE} is {NUM}.",
              "raw: nnwatch_learning_rate (largest over the param groups)."),
         rule("parameters_without_gradient",
              lambda c: f"{c.m('nnwatch_parameters_without_gradient')} >= {c.param('parameters_without_gradient.min_params')}",
              lambda c: f"{LAYER}: {{{{ $value | humanize }}}} trainable parameter tensor(s) get no gradient in backward.",
-             "raw: nnwatch_parameters_without_gradient per layer."),
+             "raw: nnwatch_parameters_without_gradient per layer.", value=COUNT),
         rule("weights_not_updating",
              lambda c: (f"{c.m('nnwatch_gradient_norm')} > 0\n  and\n"
                         f"{c.m('nnwatch_update_ratio')} <= {c.param('weights_not_updating.max_update')}"),
-             lambda c: f"{LAYER} has gradient norm {{{{ $value | humanize }}}} but its weights did not change across "
+             lambda c: f"{LAYER} has gradient norm {NUM} but its weights did not change across "
                        "the optimizer step.",
              "raw: nnwatch_update_ratio (update norm / weight norm, 0 exactly when the update norm is 0) while "
              "nnwatch_gradient_norm > 0."),
@@ -220,14 +223,14 @@ def _catalogue_rules() -> list[Rule]:
                         f"(\n  {c.m('nnwatch_global_update_ratio')} < {c.param('update_ratio_out_of_range.low')}\n"
                         f"  unless\n  max without (param_group) ({c.m('nnwatch_learning_rate')}) <= "
                         f"{c.param('learning_rate_zero.max_lr')}\n)"),
-             lambda c: f"update/weight ratio {{{{ $value | humanize }}}} of {WHERE} is outside "
+             lambda c: f"update/weight ratio {NUM} of {WHERE} is outside "
                        f"[{c.param('update_ratio_out_of_range.low')}, {c.param('update_ratio_out_of_range.high')}] "
                        "(healthy is around 1e-3).",
              "raw: nnwatch_global_update_ratio; a learning rate of 0 is left to NNWatchLearningRateZero."),
         rule("gradients_not_cleared",
              lambda c: (f"{c.m('nnwatch_uncleared_gradient_norm')} > {c.param('gradients_not_cleared.min_norm')}\nor\n"
                         f"{c.m('nnwatch_uncleared_gradient_norm')} != {c.m('nnwatch_uncleared_gradient_norm')}"),
-             lambda c: f"gradients of norm {{{{ $value | humanize }}}} were left over when backward started in {WHERE}.",
+             lambda c: f"gradients of norm {NUM} were left over when backward started in {WHERE}.",
              "raw: nnwatch_uncleared_gradient_norm (NaN counts too: x != x)."),
         rule("eval_in_train_mode",
              lambda c: (f"increase({c.m('nnwatch_eval_in_train_mode_forwards_total')}[{c.param('eval_in_train_mode.window')}]) "
@@ -235,9 +238,9 @@ def _catalogue_rules() -> list[Rule]:
              lambda c: f"{{{{ $value | humanize }}}} forward passes without autograd ran with dropout/batch norm in training "
                        f"mode in {WHERE} over the last {c.param('eval_in_train_mode.window')}.",
              "raw: increase of nnwatch_eval_in_train_mode_forwards_total over a time window (the agent's "
-             "quiet_samples becomes the window)."),
+             "quiet_samples becomes the window).", value=COUNT),
         rule("overfitting", _finding("overfitting", "nnwatch_validation_loss"),
-             lambda c: f"the validation loss of {WHERE} rose several times in a row to {{{{ $value | humanize }}}} while "
+             lambda c: f"the validation loss of {WHERE} rose several times in a row to {NUM} while "
                        "the training loss fell.",
              "agent finding: consecutive rises of logged validation losses against the training loss at the same "
              "steps need the history of both; the value shown is nnwatch_validation_loss."),
@@ -324,10 +327,10 @@ def _fleet_rules() -> list[Rule]:
              value="{{ $value | humanizeDuration }}"),
         Rule("NNWatchThroughputDrop", "NNWatchThroughputDrop", "warning", "Training throughput dropped far below its recent level.",
              "15m", _throughput,
-             lambda c: f"throughput of {WHERE} fell to {{{{ $value | humanize }}}}/s, below "
+             lambda c: f"throughput of {WHERE} fell to {NUM}/s, below "
                        f"{c.param('throughput_drop.ratio')} of its median over {c.param('throughput_drop.window')}.",
              "raw: recording rules nnwatch:samples_per_second:rate5m (or steps when samples are not counted) "
-             "against their own median.", value="{{ $value | humanize }}/s"),
+             "against their own median.", value=NUM + "/s"),
         Rule("NNWatchGPUMemoryNearCapacity", "NNWatchGPUMemoryNearCapacity", "warning", "GPU memory is nearly full.",
              "15m", _gpu("warning"), lambda c: gpu_desc,
              "raw: nnwatch_gpu_memory_used_bytes / nnwatch_gpu_memory_total_bytes (NVML, all processes).", value=pct),

@@ -76,7 +76,8 @@ CHECKS: tuple[Check, ...] = (
         description="{value:.0f} non-finite {tensor} values (first in {module}) since step {since}",
         advice="lower the learning rate or clip gradients, look for log/div of zero or sqrt of negatives; "
                "with fp16 use a GradScaler",
-        thresholds={"min_count": 1}, hold=1, prometheus_for="1m", seed="003 (large gradients lead to NaN)",
+        thresholds={"min_count": 1, "amp_skipped_steps": 20}, hold=1, prometheus_for="1m",
+        seed="003 (large gradients lead to NaN)",
     ),
     _c(
         name="exploding_gradients", severity="warning", scope="model",
@@ -256,6 +257,7 @@ BY_NAME: Mapping[str, Check] = MappingProxyType({c.name: c for c in CHECKS})
 
 THRESHOLD_DOCS: Mapping[str, str] = MappingProxyType({
     "nonfinite_values.min_count": "non-finite elements that fire the check",
+    "nonfinite_values.amp_skipped_steps": "optimizer steps skipped in a row by a watched GradScaler (loss scale collapsing) that fire the check",
     "exploding_gradients.median_factor": "fire when the global grad norm exceeds this multiple of its rolling median",
     "exploding_gradients.absolute": "fire when the global grad norm exceeds this value whatever its history",
     "exploding_gradients.history": "samples in the rolling median",

@@ -161,6 +161,13 @@ class CheckEngine:
 
     # -- the checks: each yields the conditions that hold on this snapshot --------------------------
     def _check_nonfinite_values(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        amp = getattr(m, "amp", None)  # agent.amp.ScalerWatch: skipped steps are expected, a run of them is not
+        skips = amp.consecutive_skips if amp is not None else 0
+        if skips >= self.th(c, "amp_skipped_steps"):
+            scale = f"{amp.scale:.3g}" if amp.scale is not None else "unknown"
+            yield None, float(skips), {"tensor": f"gradient (GradScaler skipped every step, loss scale now {scale})",
+                                       "module": "the scaled gradients"}
+            return
         if s.amp_skipped:
             return
         counts = {t: s.nonfinite(t) for t in ("loss", "gradient", "weight", "activation")}

@@ -56,7 +56,15 @@ class Options:
     """Overrides of catalogue thresholds, e.g. {"dead_units.ratio": 0.3}; env: "dead_units.ratio=0.3,...".
     """
     job: str | None = None
-    """Job name shown in webhook messages (default: the script's name)."""
+    """Job name shown in webhook messages and the Pushgateway job (default: the script's name)."""
+    per_module_ranks: str = "0"
+    """In a multi-process job, the ranks that export per-module series: "0", "0,8" or "all". Every rank
+    exports its cheap per-rank scalars; sharded (FSDP) models export per-module squared norms on every rank."""
+    pushgateway_url: str | None = None
+    """Pushgateway base URL (e.g. http://pushgateway:9091): the metrics are pushed on close() and every
+    ``push_interval`` seconds, for jobs too short to be scraped. Unreachable: one log line, training goes on."""
+    push_interval: float | None = None
+    """Seconds between pushes to the Pushgateway while training (None: push only on close())."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> "Options":
@@ -117,6 +125,13 @@ class Options:
                     raise ValueError(f"unknown threshold {key!r}; valid names: {valid}")
                 if not _finite_number(value):
                     raise ValueError(f"threshold {key!r} must be a finite number, got {value!r}")
+        from .distributed import parse_ranks
+
+        parse_ranks(self.per_module_ranks)
+        if self.pushgateway_url is not None and not str(self.pushgateway_url).startswith(("http://", "https://")):
+            raise ValueError("pushgateway_url must be an http(s):// URL of a Pushgateway, e.g. http://pushgateway:9091")
+        if self.push_interval is not None and (not _finite_number(self.push_interval) or self.push_interval <= 0):
+            raise ValueError(f"push_interval must be a positive number of seconds or None, got {self.push_interval!r}")
         if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http(s):// URL (e.g. a Slack incoming webhook)")
 

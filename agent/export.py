@@ -102,6 +102,8 @@ class NNWatchCollector:
         yield from self._one("gauge", "nnwatch_sample_interval_steps", "Heavy statistics are computed every this many steps.", opts.sample_every)
         yield from self._one("gauge", "nnwatch_step_duration_seconds", "Wall time of the last training step.", m.last_step_seconds)
         yield from self._one("counter", "nnwatch_step_time_seconds", "Wall time of all training steps; rate() over rate(nnwatch_steps_total) is the mean step time.", m.step_seconds_total)
+        yield from self._rank_time(m)
+        yield from self._amp(m)
         yield from self._one("gauge", "nnwatch_last_step_timestamp_seconds", "Unix time at which the last step completed.", m.last_step_wall)
         if m.samples_total:
             yield from self._one("counter", "nnwatch_samples", "Training samples processed (first dimension of the model input).", m.samples_total)
@@ -128,6 +130,7 @@ class NNWatchCollector:
         if snap is None:
             return
         yield from self._one("gauge", "nnwatch_last_sample_timestamp_seconds", "Unix time of the last sampled step.", snap.time)
+        yield from self._one("gauge", "nnwatch_last_sample_step", "Training step the latest norms and ratios were measured at (ranks compare weights only at the same step).", snap.step)
         yield from self._one("gauge", "nnwatch_loss", "Mean training loss logged since the previous sampled step.", snap.loss)
         yield from self._one("gauge", "nnwatch_initial_loss", "First training loss logged (compare with ln(num_classes)).", snap.first_loss)
         if opts.num_classes or opts.expected_initial_loss is not None:
@@ -142,9 +145,13 @@ class NNWatchCollector:
         yield logged
 
         # Totals over the whole model.
-        yield from self._one("gauge", "nnwatch_global_gradient_norm", "L2 norm of all gradients of the model.", snap.grad_norm)
-        yield from self._one("gauge", "nnwatch_global_weight_norm", "L2 norm of all trainable weights of the model.", snap.weight_norm)
-        yield from self._one("gauge", "nnwatch_global_update_ratio", "Update L2 norm / weight L2 norm across the last sampled optimizer step (healthy around 1e-3).", snap.update_ratio)
+        sharded = getattr(m, "sharded", False)
+        if sharded:  # a shard's norm is no total: squares that add up over ranks instead (docs/setups.md)
+            yield from self._squared_totals(snap)
+        else:
+            yield from self._one("gauge", "nnwatch_global_gradient_norm", "L2 norm of all gradients of the model.", snap.grad_norm)
+            yield from self._one("gauge", "nnwatch_global_weight_norm", "L2 norm of all trainable weights of the model.", snap.weight_norm)
+            yield from self._one("gauge", "nnwatch_global_update_ratio", "Update L2 norm / weight L2 norm across the last sampled optimizer step (healthy around 1e-3).", snap.update_ratio)
         yield from self._one("gauge", "nnwatch_uncleared_gradient_norm", "L2 norm of gradients already present when the first backward after an optimizer step began (0 when zero_grad ran).", snap.uncleared_grad_norm)
         yield from self._one("gauge", "nnwatch_model_parameters", "Trainable parameter elements of the model.", sum(l.params for l in snap.layers))
         gnf = self._family("gauge", "nnwatch_global_nonfinite_elements", "NaN/Inf elements on the last sampled step, by tensor kind.", ["tensor"])
@@ -165,6 +172,10 @@ class NNWatchCollector:
         capped.add_metric([*ev, "layer"], len(names) - len(layers))
         capped.add_metric([*ev, "activation"], len(acts_names) - len(acts) + len(m.probe.dropped_sites))
         yield capped
+        if not getattr(m, "per_module", True):  # DDP: the per_module_ranks export the (identical) layers
+            layers, acts = [], []
+        if sharded:
+            yield from self._squared_layers(layers)
 
         gn = self._family("gauge", "nnwatch_gradient_norm", "L2 norm of a layer's gradients.", ["module"])
         wn = self._family("gauge", "nnwatch_weight_norm", "L2 norm of a layer's trainable weights.", ["module"])
@@ -173,10 +184,11 @@ class NNWatchCollector:
         nf = self._family("gauge", "nnwatch_nonfinite_elements", "NaN/Inf elements on the last sampled step, by tensor kind and module.", ["tensor", "module"])
         for l in layers:
             lv = [*ev, l.module]
-            if l.grad_norm is not None:
+            if l.grad_norm is not None and not sharded:
                 gn.add_metric(lv, l.grad_norm)
-            wn.add_metric(lv, l.weight_norm)
-            if l.update_ratio is not None:
+            if not sharded:
+                wn.add_metric(lv, l.weight_norm)
+            if l.update_ratio is not None and not sharded:
                 ur.add_metric(lv, l.update_ratio)
             nograd.add_metric(lv, l.params_without_grad)
             nf.add_metric([*ev, "gradient", l.module], l.grad_nonfinite)
@@ -212,6 +224,49 @@ class NNWatchCollector:
             total.add_metric([*ev, dev], t)
         yield used
         yield total
+
+    def _rank_time(self, m: "Monitor") -> Iterator[Metric]:
+        """Where this rank's step time goes; in DDP the gradient all-reduce makes every rank's step equally
+        long, so a straggler shows only in the time spent on its own work."""
+        yield from self._one("counter", "nnwatch_forward_time_seconds", "Wall time inside training forward passes of the model (this rank's own work, never waiting on other ranks' gradients).", getattr(m, "forward_seconds_total", None))
+        yield from self._one("counter", "nnwatch_input_wait_seconds", "Wall time from each step boundary to the step's first training forward (data loading, host-to-device copies).", getattr(m, "input_wait_seconds_total", None))
+
+    def _amp(self, m: "Monitor") -> Iterator[Metric]:
+        """GradScaler state, when the monitor watches one (Monitor.watch_scaler)."""
+        amp = getattr(m, "amp", None)
+        if amp is None:
+            return
+        yield from self._one("counter", "nnwatch_amp_skipped_steps", "Optimizer steps the AMP GradScaler skipped because gradients held inf/NaN.", amp.skipped_total)
+        yield from self._one("gauge", "nnwatch_amp_consecutive_skipped_steps", "Steps skipped in a row by the GradScaler (0 after an applied step); a growing run means the loss scale is collapsing.", amp.consecutive_skips)
+        yield from self._one("gauge", "nnwatch_amp_loss_scale", "Loss scale of the GradScaler at the last sampled step.", amp.scale)
+        snap = m.snapshot
+        if snap is not None:
+            yield from self._one("gauge", "nnwatch_amp_last_sample_skipped", "1 when the GradScaler skipped a step since the previous sample (its inf/NaN counts are expected).", float(snap.amp_skipped))
+
+    def _squared_totals(self, snap: Any) -> Iterator[Metric]:
+        """Sharded models: this rank's share of the model's squared norms; sum over ranks, then sqrt."""
+        for name, attr, doc in (
+            ("nnwatch_global_gradient_squared_norm", "grad_norm", "Sum of squares of this rank's shard of all gradients; sqrt(sum over ranks) is the model's gradient L2 norm."),
+            ("nnwatch_global_weight_squared_norm", "weight_norm", "Sum of squares of this rank's shard of all trainable weights; sqrt(sum over ranks) is the model's weight L2 norm."),
+            ("nnwatch_global_update_squared_norm", "update_norm", "Sum of squares of this rank's shard of the last sampled update; sqrt(sum over ranks) is the update L2 norm."),
+        ):
+            values = [getattr(l, attr) for l in snap.layers if getattr(l, attr) is not None]
+            yield from self._one("gauge", name, doc, sum(v * v for v in values) if values else None)
+
+    def _squared_layers(self, layers: Sequence[Any]) -> Iterator[Metric]:
+        """Sharded models: per-layer squared norms of this rank's shard (sum by module over ranks, then sqrt)."""
+        ev = list(self._extra.values())
+        for name, attr, doc in (
+            ("nnwatch_gradient_squared_norm", "grad_norm", "Sum of squares of this rank's shard of a layer's gradients (sum over ranks, then sqrt, for the layer's norm)."),
+            ("nnwatch_weight_squared_norm", "weight_norm", "Sum of squares of this rank's shard of a layer's weights (sum over ranks, then sqrt, for the layer's norm)."),
+            ("nnwatch_update_squared_norm", "update_norm", "Sum of squares of this rank's shard of a layer's last sampled update (sum over ranks, then sqrt)."),
+        ):
+            fam = self._family("gauge", name, doc, ["module"])
+            for l in layers:
+                v = getattr(l, attr)
+                if v is not None:
+                    fam.add_metric([*ev, l.module], v * v)
+            yield fam
 
     def _findings(self, m: "Monitor", ev: list[str]) -> Iterator[Metric]:
         active = self._family("gauge", "nnwatch_finding_active", "1 while a check is firing for a module (module is empty for model-wide checks).", ["check", "severity", "module"])

@@ -25,6 +25,7 @@ from . import stats
 from ._version import __version__
 from .checks import CheckEngine, Finding
 from .config import Options
+from .distributed import RankInfo, exports_per_module, is_sharded, unwrap
 from .guard import Guard
 from .memory import MemoryReader
 from .notify import Notifier
@@ -69,6 +70,13 @@ class Monitor:
         self.options = options
         self._clock = clock
         self._wall = wall
+        # DDP / torch.compile wrappers: layer names from the inner module, hooks where they run eagerly.
+        model, hook_target, self.compiled = unwrap(model)
+        self.rank = RankInfo.from_env()
+        self.sharded = is_sharded(model)
+        self.per_module = exports_per_module(options.per_module_ranks, self.rank, self.sharded)
+        """Whether this rank exports per-module series (see agent.distributed.exports_per_module)."""
+        self.amp: Any = None  # agent.amp.ScalerWatch once watch_scaler() was called
         self._model_ref = weakref.ref(model)
         self._opt_ref = weakref.ref(optimizer) if optimizer is not None else None
         self.guard = Guard()
@@ -92,6 +100,12 @@ class Monitor:
         self.sampled_steps = 0
         self._first_forward_pending = True
         self._explicit_step_warned = False
+        self._grads_after_step = False
+        self._forward_started: float | None = None
+        self.forward_seconds_total = 0.0
+        """Seconds inside training forwards (root module), summed over steps: this rank's own work."""
+        self.input_wait_seconds_total = 0.0
+        """Seconds from each step boundary to the step's first training forward (data loading, transfers)."""
 
         # Logged values, kept as device tensors until the next sampled step (no sync in log()).
         self._pending_losses: list[Tensor | float] = []
@@ -127,7 +141,7 @@ class Monitor:
                                 job=options.job or _script_name())
             self.engine = CheckEngine(options, notifier=notifier)
 
-        self._install_hooks(model, optimizer)
+        self._install_hooks(hook_target, optimizer)
         self.guard.call("constant_init", self._scan_constant_init)
         self._finalizer = weakref.finalize(model, _close_ref, weakref.ref(self))
 
@@ -136,6 +150,11 @@ class Monitor:
             from .export import Exporter
 
             self.exporter = Exporter(self, options, registry=registry)
+        self.pusher = None
+        if serve and options.pushgateway_url:
+            from .pushgateway import Pusher
+
+            self.pusher = Pusher(self, options)
 
     # -- public API --------------------------------------------------------------------------------
     @property
@@ -204,6 +223,29 @@ class Monitor:
         finally:
             self.guard.seconds += self._clock() - t0
 
+    def watch_scaler(self, scaler: Any) -> None:
+        """Follow a ``torch.amp.GradScaler``: the steps it skips count as steps, and the inf/NaN gradients of
+        a skipped step are expected (no nonfinite_values finding) until skips persist, i.e. the loss scale
+        collapses (``nonfinite_values.amp_skipped_steps`` skips in a row). See agent.amp."""
+        from .amp import ScalerWatch
+
+        if self.amp is not None:
+            self.amp.close()
+        self.amp = ScalerWatch(self, scaler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resumable state (JSON-serialisable): save it with the training checkpoint (see agent.state)."""
+        from .state import monitor_state
+
+        return monitor_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` of a previous run: step counter, first loss, loss and validation
+        history, step times, AMP skip counts (see agent.state)."""
+        from .state import load_monitor_state
+
+        load_monitor_state(self, state)
+
     def close(self) -> None:
         """Remove every hook, stop the server and threads. Idempotent."""
         if self._closed:
@@ -213,6 +255,10 @@ class Monitor:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self.amp is not None:
+            self.amp.close()
+        if self.pusher is not None:
+            self.pusher.close()  # the final push, while the last snapshot is still here
         if self.exporter is not None:
             self.exporter.close()
         if self.engine is not None:
@@ -243,13 +289,21 @@ class Monitor:
             self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
 
     def _on_forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.compiler.is_compiling():  # traced into a compiled graph: observe nothing, break nothing
+            return None
+        if torch._C._current_graph_task_id() != -1:  # inside backward: activation checkpointing recomputes
+            return None
         t0 = self._clock()
         try:
             if torch.is_grad_enabled():
                 batch = _batch_size(args, kwargs)
                 if batch:
                     self._samples_this_step += batch
-                if self._sampled and self.options.activations and "activations" not in self.guard.disabled:
+                if self._first_forward_pending:
+                    self.input_wait_seconds_total += max(0.0, t0 - self._step_started)
+                self._forward_started = t0
+                # The probe's TorchFunctionMode would be traced by dynamo: off for compiled models.
+                if self._sampled and self.options.activations and not self.compiled and "activations" not in self.guard.disabled:
                     self.guard.call("activations", self.probe.begin)
             elif any(m.training for m in self._train_sensitive):
                 self.eval_in_train_forwards += 1
@@ -260,8 +314,13 @@ class Monitor:
         return None
 
     def _on_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+            return None
         t0 = self._clock()
         try:
+            if self._forward_started is not None:
+                self.forward_seconds_total += t0 - self._forward_started
+                self._forward_started = None
             if self.probe.active:
                 self.probe.end()
             if self._first_forward_pending and torch.is_grad_enabled():
@@ -294,7 +353,10 @@ class Monitor:
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._sampled:
             t0 = self._clock()
-            self.guard.call("gradients", self._capture_gradients)
+            # With a closure (LBFGS, Lightning) backward runs inside step(): read gradients after it.
+            self._grads_after_step = bool(args and args[0] is not None) or (kwargs or {}).get("closure") is not None
+            if not self._grads_after_step:
+                self.guard.call("gradients", self._capture_gradients)
             if self.options.update_ratios:
                 self.guard.call("update_ratio", self._copy_weights, self._optimizer_param_ids(optimizer))
             self.guard.seconds += self._clock() - t0
@@ -303,12 +365,30 @@ class Monitor:
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         t0 = self._clock()
         try:
+            if self._grads_after_step:
+                self._grads_after_step = False
+                self.guard.call("gradients", self._capture_gradients)
             self._boundary()
         except Exception:  # noqa: BLE001
             self.guard.failed("step")
         finally:
             self.guard.seconds += self._clock() - t0
         return None
+
+    def _on_amp_skip(self, optimizer: Any) -> None:
+        """A GradScaler skipped ``optimizer``'s step (agent.amp): it still ends a step, so that a run of
+        skips is sampled and checked. Without an attached optimizer, boundaries come from step()."""
+        if self._opt_ref is None or optimizer is not self._opt_ref():
+            return
+        t0 = self._clock()
+        try:
+            if self._sampled:
+                self.guard.call("gradients", self._capture_gradients)
+            self._boundary()
+        except Exception:  # noqa: BLE001
+            self.guard.failed("step")
+        finally:
+            self.guard.seconds += self._clock() - t0
 
     # -- sampled-step work -------------------------------------------------------------------------
     def _trainable(self) -> list[tuple[int, _Param]]:
@@ -386,6 +466,8 @@ class Monitor:
             if self._uncleared_sq is not None:
                 batch.add("uncleared", self._uncleared_sq)
             sites = self.probe.queue(batch)
+            if self.amp is not None:
+                self.amp.queue(batch)
             host = batch.fetch()  # the one host-device sync of this sampled step
             nonfinite = self._exact_nonfinite(host, trainable)
 
@@ -400,6 +482,7 @@ class Monitor:
         for name in self._pending_scalars:
             self.logged_values[name] = host[("scalar", name)]
         uncleared = host.get("uncleared")
+        amp_skipped = self.amp.read(host) if self.amp is not None else False
         snap = Snapshot(
             step=self.step_index,
             time=self._wall(),
@@ -414,6 +497,7 @@ class Monitor:
             uncleared_grad_norm=math.sqrt(uncleared) if uncleared is not None and uncleared >= 0 else uncleared,
             eval_in_train_forwards=self.eval_in_train_forwards,
             step_seconds=statistics.median(self._recent_step_seconds) if self._recent_step_seconds else None,
+            amp_skipped=amp_skipped,
         )
         self._pending_losses = []
         self._pending_val = []
@@ -488,8 +572,12 @@ class Monitor:
         """Find >= 2-D weights with zero spread at attach (a symmetric init that never breaks)."""
         found = []
         with torch.no_grad():
-            candidates = [p for p in self._params if p.ref.ndim >= 2 and p.ref.numel() > 1 and p.ref.is_floating_point()]
-            spreads = [(p.ref.amax() - p.ref.amin()).float() for p in candidates]
+            # Frozen weights are left out: a fixed constant filter is deliberate.
+            candidates = [p for p in self._params if p.ref.requires_grad and p.ref.ndim >= 2 and p.ref.numel() > 1
+                          and p.ref.is_floating_point()]
+            locals_ = [stats.local_values(p.ref.detach()) for p in candidates]  # a shard's own elements (FSDP)
+            candidates = [p for p, t in zip(candidates, locals_) if t.numel() > 1]
+            spreads = [(t.amax() - t.amin()).float() for t in locals_ if t.numel() > 1]
             if spreads:
                 host = DeviceBatch()
                 for k, s in enumerate(spreads):

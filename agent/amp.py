@@ -1,0 +1,106 @@
+"""Mixed precision: follow a ``torch.amp.GradScaler`` so that the steps it skips are known.
+
+A GradScaler skips ``optimizer.step()`` when the unscaled gradients hold inf/NaN, so the optimizer hooks
+never fire on such a step. ``ScalerWatch`` wraps the scaler's ``step`` (an instance attribute, removed
+again by ``close()``) and notices a skip by the absence of the optimizer's step: no device value is read.
+Occasional skips are how dynamic loss scaling works; many in a row mean the scale is collapsing and the
+run is broken, which the nonfinite_values check reports (threshold ``nonfinite_values.amp_skipped_steps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from .transfer import DeviceBatch
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
+log = logging.getLogger("nnwatch")
+
+
+class ScalerWatch:
+    """Counts steps skipped by one GradScaler and reads its scale on sampled steps."""
+
+    def __init__(self, monitor: "Monitor", scaler: Any) -> None:
+        if not callable(getattr(scaler, "step", None)) or not hasattr(scaler, "update"):
+            raise TypeError(f"watch_scaler() needs a torch.amp.GradScaler, got {type(scaler).__name__}")
+        self._monitor = weakref.ref(monitor)
+        self._scaler = weakref.ref(scaler)
+        self._original = scaler.step
+        self._stepped = False
+        self._hooked: dict[int, Any] = {}
+        self.skipped_total = 0
+        """Optimizer steps the scaler skipped since the watch began."""
+        self.consecutive_skips = 0
+        """Skipped steps since the last step that was applied (0 when the last step was applied)."""
+        self.skipped_since_sample = False
+        self.scale: float | None = None
+        """Loss scale read on the last sampled step."""
+        scaler.step = self._step
+        pending = monitor.__dict__.pop("_pending_amp_state", None)  # load_state_dict() ran before this watch
+        if pending:
+            self.load_state_dict(pending)
+
+    def _mark(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._stepped = True
+        return None
+
+    def _step(self, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+        monitor = self._monitor()
+        if monitor is not None and id(optimizer) not in self._hooked:
+            monitor.guard.call("amp", self._hook, optimizer)
+        self._stepped = False
+        result = self._original(optimizer, *args, **kwargs)
+        if monitor is not None and id(optimizer) in self._hooked:
+            monitor.guard.call("amp", self._after, monitor, optimizer)
+        return result
+
+    def _hook(self, optimizer: Any) -> None:
+        self._hooked[id(optimizer)] = optimizer.register_step_post_hook(self._mark)
+
+    def _after(self, monitor: "Monitor", optimizer: Any) -> None:
+        if self._stepped:
+            self.consecutive_skips = 0
+            return
+        self.skipped_total += 1
+        self.consecutive_skips += 1
+        self.skipped_since_sample = True
+        monitor._on_amp_skip(optimizer)
+
+    def queue(self, batch: DeviceBatch) -> None:
+        """Queue the current scale for the sampled step's one batched copy."""
+        scaler = self._scaler()
+        scale = getattr(scaler, "_scale", None) if scaler is not None else None
+        if isinstance(scale, Tensor):
+            batch.add("amp_scale", scale)
+
+    def read(self, host: dict) -> bool:
+        """Take the fetched scale; returns whether a skip happened since the previous sample (then resets)."""
+        if "amp_scale" in host:
+            self.scale = float(host["amp_scale"])  # type: ignore[arg-type]
+        skipped, self.skipped_since_sample = self.skipped_since_sample, False
+        return skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_total": self.skipped_total, "consecutive_skips": self.consecutive_skips}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped_total = int(state.get("skipped_total", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def close(self) -> None:
+        """Give the scaler its own ``step`` back and remove the optimizer hooks."""
+        for handle in self._hooked.values():
+            handle.remove()
+        self._hooked = {}
+        scaler = self._scaler()
+        if scaler is not None and scaler.__dict__.get("step") == self._step:
+            del scaler.__dict__["step"]
+
+
+__all__ = ["ScalerWatch"]

@@ -1,0 +1,99 @@
+"""Pushgateway mode, for jobs too short to be scraped: push the monitor's metrics on close() (the final
+state) and, with ``push_interval``, every so many seconds from a thread that sleeps in between.
+
+The group is ``job`` / ``instance`` (host name) / ``rank``; each push replaces the group (HTTP PUT), so the
+gateway holds the latest values of each rank. The Pushgateway never forgets a group by itself: delete
+finished groups (``DELETE /metrics/job/<job>/...``) or let a retention job do it.
+An unreachable gateway costs one log line per outage; training never waits on it for more than ``timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, push_to_gateway
+
+from .config import Options
+from .distributed import RankInfo
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
+log = logging.getLogger("nnwatch")
+
+
+class Pusher:
+    """Pushes one monitor's metrics to a Pushgateway."""
+
+    def __init__(self, monitor: "Monitor", options: Options, *, timeout: float = 5.0) -> None:
+        from .export import NNWatchCollector
+
+        assert options.pushgateway_url
+        self.url = options.pushgateway_url.rstrip("/")
+        self.job = options.job or _script_job()
+        info = RankInfo.from_env()
+        self.grouping_key = {"instance": socket.gethostname()}
+        if info.distributed:
+            self.grouping_key["rank"] = str(info.rank)
+        self.timeout = timeout
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(NNWatchCollector(monitor))
+        self._guard = weakref.ref(monitor.guard)
+        self.pushes = 0
+        self.failures = 0
+        self._failing = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if options.push_interval:
+            self._thread = threading.Thread(target=self._loop, args=(float(options.push_interval),),
+                                            name="nnwatch-pushgateway", daemon=True)
+            self._thread.start()
+
+    def push(self) -> bool:
+        """Push now; returns whether the gateway accepted it. Never raises."""
+        try:
+            push_to_gateway(self.url, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
+                            timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - a gateway outage must not reach the training job
+            self.failures += 1
+            if not self._failing:
+                self._failing = True
+                log.warning("nnwatch: cannot push metrics to the Pushgateway at %s (%s); training continues, "
+                            "will retry", self.url, exc)
+            guard = self._guard()
+            if guard is not None:
+                with guard._lock:
+                    guard.errors["pushgateway"] += 1
+            return False
+        if self._failing:
+            log.info("nnwatch: pushing metrics to %s works again", self.url)
+        self._failing = False
+        self.pushes += 1
+        return True
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.push()
+
+    def close(self) -> None:
+        """Stop the periodic thread and push the final state once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 1)
+            self._thread = None
+        self.push()
+
+
+def _script_job() -> str:
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    name = argv0.rsplit("/", 1)[-1].removesuffix(".py")
+    return name or "nnwatch"
+
+
+__all__ = ["Pusher"]

@@ -38,7 +38,8 @@ class ScalerWatch:
         """Optimizer steps the scaler skipped since the watch began."""
         self.consecutive_skips = 0
         """Skipped steps since the last step that was applied (0 when the last step was applied)."""
-        self.skipped_since_sample = False
+        self.last_skipped_step: int | None = None
+        self._last_sample_step: int | None = None
         self.scale: float | None = None
         """Loss scale read on the last sampled step."""
         scaler.step = self._step
@@ -69,7 +70,7 @@ class ScalerWatch:
             return
         self.skipped_total += 1
         self.consecutive_skips += 1
-        self.skipped_since_sample = True
+        self.last_skipped_step = monitor.step_index
         monitor._on_amp_skip(optimizer)
 
     def queue(self, batch: DeviceBatch) -> None:
@@ -79,12 +80,17 @@ class ScalerWatch:
         if isinstance(scale, Tensor):
             batch.add("amp_scale", scale)
 
-    def read(self, host: dict) -> bool:
-        """Take the fetched scale; returns whether a skip happened since the previous sample (then resets)."""
+    def read(self, host: dict, step: int) -> bool:
+        """Take the fetched scale; returns whether the sample at ``step`` may hold a skipped step's inf/NaN.
+
+        That is any skip from the previous sampled step on: a loss logged after ``scaler.step()`` of a
+        skipped step lands in the next sample.
+        """
         if "amp_scale" in host:
             self.scale = float(host["amp_scale"])  # type: ignore[arg-type]
-        skipped, self.skipped_since_sample = self.skipped_since_sample, False
-        return skipped
+        since = self._last_sample_step if self._last_sample_step is not None else -1
+        self._last_sample_step = step
+        return self.last_skipped_step is not None and self.last_skipped_step >= since
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_total": self.skipped_total, "consecutive_skips": self.consecutive_skips}

@@ -482,7 +482,7 @@ class Monitor:
         for name in self._pending_scalars:
             self.logged_values[name] = host[("scalar", name)]
         uncleared = host.get("uncleared")
-        amp_skipped = self.amp.read(host) if self.amp is not None else False
+        amp_skipped = self.amp.read(host, self.step_index) if self.amp is not None else False
         snap = Snapshot(
             step=self.step_index,
             time=self._wall(),

@@ -157,11 +157,16 @@ def _catalogue_rules() -> list[Rule]:
     pct = "{{ $value | humanizePercentage }}"
     return [
         rule("nonfinite_values",
-             lambda c: f"sum without (tensor) ({c.m('nnwatch_global_nonfinite_elements')}) >= {c.param('nonfinite_values.min_count')}",
-             lambda c: "{{ $value | humanize }} NaN/Inf values (loss, gradients, weights or activations) on the last "
-                       f"sampled step of {WHERE}; the job log names the first layer.",
-             "raw: nnwatch_global_nonfinite_elements. A step an AMP GradScaler skips clears by the next sample, "
-             "so `for` keeps it out while NaN weights (which never clear) page.", value=COUNT),
+             lambda c: (f"(\n  sum without (tensor) ({c.m('nnwatch_global_nonfinite_elements')}) >= "
+                        f"{c.param('nonfinite_values.min_count')}\n"
+                        f"  unless\n  {c.m('nnwatch_amp_last_sample_skipped')} == 1\n)\nor\n"
+                        f"{c.m('nnwatch_amp_consecutive_skipped_steps')} >= {c.param('nonfinite_values.amp_skipped_steps')}"),
+             lambda c: "{{ $value | humanize }} NaN/Inf values (loss, gradients, weights or activations), or optimizer "
+                       f"steps skipped in a row by the AMP GradScaler, on the last sampled step of {WHERE}; the job log "
+                       "names the first layer.",
+             "raw: nnwatch_global_nonfinite_elements, except on samples where a watched AMP GradScaler skipped the "
+             "step (nnwatch_amp_last_sample_skipped, its inf/NaN is expected), or a GradScaler skipping many steps "
+             "in a row (nnwatch_amp_consecutive_skipped_steps: the loss scale is collapsing).", value=COUNT),
         rule("exploding_gradients",
              lambda c: (f"{c.m('nnwatch_global_gradient_norm')} > {c.param('exploding_gradients.absolute')}\nor\n"
                         f"{c.m('nnwatch_global_gradient_norm')}\n  > {c.param('exploding_gradients.median_factor')} * "
@@ -283,9 +288,11 @@ def _rank_desync(c: RulesConfig) -> str:
 
 
 def _straggler(c: RulesConfig) -> str:
-    s = 'nnwatch:step_seconds:mean5m{rank!=""}'
-    g = c.run_labels
-    return f"{s}\n  > on({g}) group_left\n  {c.param('straggler_rank.factor')} * quantile by ({g}) (0.5, {s})"
+    g, factor = c.run_labels, c.param("straggler_rank.factor")
+    work, step = 'nnwatch:rank_work_seconds:mean5m{rank!=""}', 'nnwatch:step_seconds:mean5m{rank!=""}'
+    return (f"{work}\n  > on({g}) group_left\n  {factor} * quantile by ({g}) (0.5, {work})\nor\n"
+            f"(\n  {step}\n    > on({g}) group_left\n    {factor} * quantile by ({g}) (0.5, {step})\n"
+            f"  unless {work}\n)")
 
 
 def _throughput(c: RulesConfig) -> str:
@@ -321,9 +328,11 @@ def _fleet_rules() -> list[Rule]:
              "the ranks of the same run (run_labels).", value=pct),
         Rule("NNWatchStragglerRank", "NNWatchStragglerRank", "warning", "One rank is much slower than the others.",
              "15m", _straggler,
-             lambda c: f"{WHERE} takes {{{{ $value | humanizeDuration }}}} per step, over "
+             lambda c: f"{WHERE} needs {{{{ $value | humanizeDuration }}}} per step for its own work, over "
                        f"{c.param('straggler_rank.factor')}x the median of the ranks of its run.",
-             "raw: recording rule nnwatch:step_seconds:mean5m per rank against the median of the ranks.",
+             "raw: recording rule nnwatch:rank_work_seconds:mean5m (forward and input-wait time per step: a rank's "
+             "own work, since in DDP the gradient all-reduce makes every rank's step equally long) against the "
+             "median of the ranks; nnwatch:step_seconds:mean5m where the agent does not export the split.",
              value="{{ $value | humanizeDuration }}"),
         Rule("NNWatchThroughputDrop", "NNWatchThroughputDrop", "warning", "Training throughput dropped far below its recent level.",
              "15m", _throughput,
@@ -352,6 +361,9 @@ def _recording(c: RulesConfig) -> list[dict[str, Any]]:
     return [
         {"record": "nnwatch:step_seconds:mean5m",
          "expr": f"rate({c.m('nnwatch_step_time_seconds_total')}[5m]) / rate({steps}[5m])"},
+        {"record": "nnwatch:rank_work_seconds:mean5m",
+         "expr": (f"(rate({c.m('nnwatch_forward_time_seconds_total')}[5m]) + "
+                  f"rate({c.m('nnwatch_input_wait_seconds_total')}[5m]))\n/ rate({steps}[5m])")},
         {"record": "nnwatch:steps_per_second:rate5m", "expr": f"rate({steps}[5m])"},
         {"record": "nnwatch:samples_per_second:rate5m", "expr": f"rate({c.m('nnwatch_samples_total')}[5m])"},
     ]
@@ -380,10 +392,11 @@ def render_groups(config: RulesConfig | None = None) -> list[dict[str, Any]]:
     """The ``groups:`` list of a Prometheus rule file (or a PrometheusRule spec), as plain dicts."""
     c = config or RulesConfig()
     catalogue = {r.alert for r in _catalogue_rules()}
+    # Recording rules share the fleet group and come first: rules of one group run in order, so the alerts
+    # read this evaluation's recorded values (groups run independently, one would lag the other).
     groups = [
-        {"name": "nnwatch.recording", "rules": _recording(c)},
         {"name": "nnwatch.checks", "rules": [_alert(r, c) for r in RULES if r.alert in catalogue]},
-        {"name": "nnwatch.fleet", "rules": [_alert(r, c) for r in RULES if r.alert not in catalogue]},
+        {"name": "nnwatch.fleet", "rules": [*_recording(c), *(_alert(r, c) for r in RULES if r.alert not in catalogue)]},
     ]
     if c.interval:
         for g in groups:

@@ -40,6 +40,7 @@ def monitor_state(m: "Monitor") -> dict[str, Any]:
         "learning_rates": [_num(x) for x in m.learning_rates],
         "samples_total": m.samples_total,
         "losses": [[int(s), _num(v)] for s, v in engine.losses] if engine is not None else [],
+        "loss_start": [_num(v) for v in getattr(engine, "loss_start", [])] if engine is not None else [],
         "check_samples": engine.samples if engine is not None else 0,
         "grad_norms": [[h.step, _num(h.grad_norm), [_num(x) for x in h.learning_rates]] for h in history],
         "amp": m.amp.state_dict() if m.amp is not None else None,
@@ -66,7 +67,12 @@ def load_monitor_state(m: "Monitor", state: dict[str, Any]) -> None:
     m.samples_total = int(state.get("samples_total") or 0)
     engine = m.engine
     if engine is not None:
-        engine.losses = [(int(s), v) for s, v in _pairs(state.get("losses"))] + engine.losses
+        current_losses = list(engine.losses)
+        engine.losses.clear()
+        engine.losses.extend([(int(s), v) for s, v in _pairs(state.get("losses"))] + current_losses)
+        start = [float(v) for v in state.get("loss_start") or [] if v is not None]
+        if start and hasattr(engine, "loss_start"):
+            engine.loss_start = start  # the run's start, not the restart's
         engine.samples = max(engine.samples, int(state.get("check_samples") or 0))
         restored = []
         for step, norm, lrs_h in state.get("grad_norms") or []:

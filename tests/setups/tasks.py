@@ -8,10 +8,10 @@ from torch import Tensor
 
 
 class Teacher:
-    """``y = argmax(x @ W)`` for a fixed random W; batches are deterministic per seed."""
+    """``y = argmax(x @ W)`` for a random W fixed by ``task``; batches are deterministic per ``seed``."""
 
-    def __init__(self, d_in: int = 16, classes: int = 4, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(1000 + seed)
+    def __init__(self, d_in: int = 16, classes: int = 4, seed: int = 0, task: int = 0) -> None:
+        g = torch.Generator().manual_seed(1000 + task)
         self.w = torch.randn(d_in, classes, generator=g)
         self.g = torch.Generator().manual_seed(seed)
         self.d_in = d_in

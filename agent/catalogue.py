@@ -143,7 +143,7 @@ CHECKS: tuple[Check, ...] = (
         description="first loss {value:.4g} vs expected {expected:.4g} (ln of {classes} classes)",
         advice="initialise the final layer small (and its bias to the class prior), pass raw logits to "
                "cross-entropy (not probabilities), check the number of classes",
-        thresholds={"relative": 0.5, "absolute": 0.5}, hold=1, prometheus_for="0m",
+        thresholds={"relative": 0.25, "absolute": 0.5}, hold=1, prometheus_for="0m",
         seed="002 (verify loss at init), 003, 004",
     ),
     _c(
@@ -245,7 +245,7 @@ CHECKS: tuple[Check, ...] = (
         catches="a hung job (NCCL deadlock, stuck data loader)",
         signal="seconds since the last completed step",
         summary="Training has stopped making steps.",
-        description="no step for {value:.0f} s (usual step {usual:.3g} s), last step {since}",
+        description="no step for {value:.1f} s (usual step {usual:.3g} s), last step at {since}",
         advice="dump the stacks (py-spy dump --pid), check data loader workers, NCCL (NCCL_DEBUG=INFO) and the "
                "other ranks",
         thresholds={"factor": 20.0, "min_seconds": 120.0}, hold=1, prometheus_for="10m",

@@ -269,11 +269,17 @@ class CheckEngine:
         if r is None or not math.isfinite(r):
             return
         low, high = self.th(c, "low"), self.th(c, "high")
-        lr_zero = bool(s.learning_rates) and max(s.learning_rates) <= BY_NAME["learning_rate_zero"].thresholds["max_lr"]
         if r > high:
             yield None, r, {"direction": "above", "low": low, "high": high}
-        elif r < low and not lr_zero:  # an lr of 0 is reported by learning_rate_zero
-            yield None, r, {"direction": "below", "low": low, "high": high}
+        elif r < low and s.learning_rates:
+            # Too small only while the LR is at its peak: a schedule that decays towards the end of training
+            # is intended (and a decay to nothing is learning_rate_zero's finding).
+            lr = max(s.learning_rates)
+            self._peak_lr = max(getattr(self, "_peak_lr", 0.0), lr)
+            if lr >= 0.5 * self._peak_lr and lr > self.th(BY_NAME["learning_rate_zero"], "max_lr"):
+                yield None, r, {"direction": "below", "low": low, "high": high}
+        if s.learning_rates:
+            self._peak_lr = max(getattr(self, "_peak_lr", 0.0), max(s.learning_rates))
 
     def _check_gradients_not_cleared(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         u = s.uncleared_grad_norm

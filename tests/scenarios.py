@@ -1,0 +1,531 @@
+"""Calibration scenarios: healthy and broken CPU training runs watched by the agent.
+
+Every broken scenario must raise its check; no healthy scenario may raise a warning or critical finding.
+Architectures, optimizers, schedules and data vary so thresholds are not tuned to one model. Real data:
+scikit-learn's digits (shipped with the package); synthetic token sequences for the transformer.
+
+``python -m tests.scenarios`` runs them all and writes the detection table to docs/detection.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import agent
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    run: Callable[[], "agent.Monitor"]
+    expect: frozenset[str] = field(default_factory=frozenset)
+    """Checks that must fire (empty: a healthy scenario, which must raise no warning or critical finding)."""
+
+    @property
+    def healthy(self) -> bool:
+        return not self.expect
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(description: str, expect: tuple[str, ...] = ()):
+    def deco(fn: Callable[[], "agent.Monitor"]):
+        SCENARIOS[fn.__name__] = Scenario(fn.__name__, description, fn, frozenset(expect))
+        return fn
+    return deco
+
+
+def observed(mon: "agent.Monitor") -> dict[str, str]:
+    """{check: severity} of everything raised during the run (fired, whether or not still active)."""
+    return {check: sev for (check, sev) in mon.engine.raised}
+
+
+# -- data --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=g)
+    x, y = x[perm], y[perm]
+    return x[:1500], y[:1500], x[1500:], y[1500:]
+
+
+def batches(n: int, batch: int = 64, seed: int = 0, image: bool = False, size: int | None = None):
+    x, y, _, _ = digits()
+    if size is not None:
+        x, y = x[:size], y[:size]
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        xb = x[idx]
+        yield (xb.view(-1, 1, 8, 8) if image else xb), y[idx]
+
+
+def mlp(hidden: int = 128, act: type[nn.Module] = nn.ReLU, depth: int = 2, d_in: int = 64, d_out: int = 10) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    d = d_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, hidden), act()]
+        d = hidden
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def attach(model: nn.Module, opt: torch.optim.Optimizer | None, **kw) -> "agent.Monitor":
+    kw.setdefault("sample_every", 2)
+    kw.setdefault("num_classes", 10)
+    return agent.attach(model, opt, port=None, **kw)
+
+
+def fit(model: nn.Module, opt: torch.optim.Optimizer, mon: "agent.Monitor", steps: int, *, sched=None,
+        image: bool = False, transform: Callable | None = None, loss_fn: Callable | None = None,
+        seed: int = 0, batch: int = 64, size: int | None = None) -> "agent.Monitor":
+    loss_fn = loss_fn or F.cross_entropy
+    for step, (x, y) in enumerate(batches(steps, batch, seed, image, size)):
+        if transform is not None:
+            x = transform(step, x)
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        mon.log(loss=loss)
+    return mon
+
+
+# -- healthy ----------------------------------------------------------------------------------------------
+@scenario("MLP with ReLU on digits, SGD with momentum")
+def healthy_mlp_sgd():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    return fit(m, opt, attach(m, opt), 300)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(32 * 16, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+@scenario("CNN with batch norm on digits images, Adam")
+def healthy_cnn_batchnorm_adam():
+    torch.manual_seed(0)
+    m = SmallCNN()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    return fit(m, opt, attach(m, opt), 200, image=True)
+
+
+class TinyTransformer(nn.Module):
+    """Encoder-only classifier; GELU is called functionally inside TransformerEncoderLayer."""
+
+    def __init__(self, vocab: int = 16, d: int = 32, classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(12, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, tokens):
+        h = self.encoder(self.embed(tokens) + self.pos[: tokens.shape[1]])
+        return self.head(h.mean(1))
+
+
+def token_batches(n: int, seed: int = 0, batch: int = 32):
+    """Task: which quarter of the vocabulary is most frequent in the sequence (learnable, 4 classes)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        tokens = torch.randint(0, 16, (batch, 12), generator=g)
+        y = torch.stack([(tokens // 4 == k).sum(1) for k in range(4)], 1).argmax(1)
+        yield tokens, y
+
+
+@scenario("small transformer with GELU, AdamW, linear LR warmup from 0 then cosine decay")
+def healthy_transformer_warmup():
+    torch.manual_seed(0)
+    m = TinyTransformer()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.01)
+    total, warm = 300, 60
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: s / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))))
+    mon = attach(m, opt, num_classes=4)
+    for tokens, y in token_batches(total):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(tokens), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        mon.log(loss=loss)
+    return mon
+
+
+@scenario("tanh MLP with Xavier init on digits, SGD")
+def healthy_tanh_xavier():
+    torch.manual_seed(0)
+    m = mlp(act=nn.Tanh, depth=3)
+    for mod in m:
+        if isinstance(mod, nn.Linear):
+            nn.init.xavier_uniform_(mod.weight)
+            nn.init.zeros_(mod.bias)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    return fit(m, opt, attach(m, opt), 300)
+
+
+@scenario("pretrained-style frozen backbone (requires_grad False), only the head trains, Adam")
+def healthy_frozen_backbone():
+    torch.manual_seed(0)
+    m = mlp()
+    for p in list(m.parameters())[:4]:
+        p.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    return fit(m, opt, attach(m, opt), 200)
+
+
+@scenario("gradient accumulation over 4 micro-batches, zero_grad once per optimizer step, RMSprop")
+def healthy_grad_accumulation():
+    torch.manual_seed(0)
+    m = mlp(hidden=64)
+    opt = torch.optim.RMSprop(m.parameters(), lr=1e-3)
+    mon = attach(m, opt)
+    data = batches(800, batch=16)
+    for _ in range(200):
+        opt.zero_grad()
+        for _ in range(4):
+            x, y = next(data)
+            (F.cross_entropy(m(x), y) / 4).backward()
+        opt.step()
+        mon.log(loss=F.cross_entropy(m(x), y).detach())
+    return mon
+
+
+@scenario("correct evaluation loop: model.eval() + no_grad every 25 steps, val_loss logged; dropout net")
+def healthy_eval_loop():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10))
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    mon = attach(m, opt)
+    _, _, xv, yv = digits()
+    for step, (x, y) in enumerate(batches(300)):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+        if step % 25 == 0:
+            m.eval()
+            with torch.no_grad():
+                mon.log(val_loss=F.cross_entropy(m(xv), yv))
+            m.train()
+    return mon
+
+
+@scenario("SiLU MLP with step LR decay (x0.5 every 100 steps), Adagrad, weight decay")
+def healthy_silu_step_decay():
+    torch.manual_seed(1)
+    m = mlp(act=nn.SiLU, hidden=96, depth=3)
+    opt = torch.optim.Adagrad(m.parameters(), lr=0.05, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 100, gamma=0.5)
+    return fit(m, opt, attach(m, opt), 300, sched=sched)
+
+
+# -- broken -------------------------------------------------------------------------------------------------
+@scenario("hidden layer biases start at -10: its ReLUs never fire (seeds/003)", ("dead_units",))
+def broken_dead_relu_bias():
+    torch.manual_seed(0)
+    m = mlp()
+    with torch.no_grad():
+        m[2].bias.fill_(-10.0)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    return fit(m, opt, attach(m, opt), 200)
+
+
+@scenario("tanh network with weights scaled x8 at init: outputs pinned at +-1 (seeds/003)", ("saturated_activations",))
+def broken_tanh_large_init():
+    torch.manual_seed(0)
+    m = mlp(act=nn.Tanh, depth=3)
+    with torch.no_grad():
+        for mod in m:
+            if isinstance(mod, nn.Linear):
+                mod.weight.mul_(8.0)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    return fit(m, opt, attach(m, opt), 200)
+
+
+@scenario("12-layer sigmoid stack: no signal reaches the first layers", ("vanishing_gradients",))
+def broken_deep_sigmoid():
+    torch.manual_seed(0)
+    m = mlp(act=nn.Sigmoid, depth=12, hidden=64)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    return fit(m, opt, attach(m, opt), 200)
+
+
+@scenario("learning rate 0 (seeds/000)", ("learning_rate_zero",))
+def broken_lr_zero():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9)
+    return fit(m, opt, attach(m, opt), 200)
+
+
+@scenario("exponential LR decay per step instead of per epoch: LR ~0 after 100 steps (seeds/002)", ("learning_rate_zero",))
+def broken_lr_decays_to_zero():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8)
+    return fit(m, opt, attach(m, opt), 250, sched=sched)
+
+
+class WithUnusedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = mlp(hidden=64)
+        self.aux_head = nn.Linear(64, 10)  # built, never called
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@scenario("a layer is built but never called in forward (seeds/000)", ("parameters_without_gradient",))
+def broken_unused_layer():
+    torch.manual_seed(0)
+    m = WithUnusedLayer()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    return fit(m, opt, attach(m, opt), 150)
+
+
+@scenario("optimizer built from the first layer's parameters only", ("weights_not_updating",))
+def broken_missing_from_optimizer():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m[0].parameters(), lr=0.05)
+    return fit(m, opt, attach(m, opt), 150)
+
+
+@scenario("optimizer.zero_grad() forgotten (seeds/000)", ("gradients_not_cleared",))
+def broken_no_zero_grad():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    mon = attach(m, opt)
+    for x, y in batches(150):
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+@scenario("predictions kept for an epoch metric without detach(): every step's graph survives (seeds/003)",
+          ("memory_leak",))
+def broken_kept_graph_tensors():
+    torch.manual_seed(0)
+    m = mlp(hidden=1024, depth=2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    mon = attach(m, opt)
+    kept = []
+    for x, y in batches(100, batch=256):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        kept.append(m(x))  # the bug: a metric pass with autograd on, kept with its saved activations
+        mon.log(loss=loss)
+    mon._kept = kept
+    return mon
+
+
+@scenario("validation under no_grad without model.eval(): dropout still on (seeds/000)", ("eval_in_train_mode",))
+def broken_eval_in_train_mode():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    mon = attach(m, opt)
+    _, _, xv, yv = digits()
+    for step, (x, y) in enumerate(batches(200)):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+        if step % 10 == 0:
+            with torch.no_grad():
+                mon.log(val_loss=F.cross_entropy(m(xv), yv))
+    return mon
+
+
+@scenario("60 training samples, wide MLP, Adam: validation loss rises while training loss falls", ("overfitting",))
+def broken_overfitting_tiny_train_set():
+    torch.manual_seed(0)
+    m = mlp(hidden=512)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    mon = attach(m, opt)
+    _, _, xv, yv = digits()
+    for step, (x, y) in enumerate(batches(400, batch=60, size=60)):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+        if step % 20 == 0:
+            with torch.no_grad():
+                m.eval()
+                mon.log(val_loss=F.cross_entropy(m(xv), yv))
+                m.train()
+    return mon
+
+
+@scenario("hidden weights initialised to a constant: symmetric units never break (seeds/000)", ("constant_init",))
+def broken_constant_init():
+    torch.manual_seed(0)
+    m = mlp()
+    with torch.no_grad():
+        m[2].weight.fill_(0.01)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    return fit(m, opt, attach(m, opt), 100)
+
+
+@scenario("final layer scaled x50: confident wrong predictions at init (seeds/002)", ("loss_at_init",))
+def broken_final_layer_scaled():
+    torch.manual_seed(0)
+    m = mlp()
+    with torch.no_grad():
+        m[-1].weight.mul_(50.0)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    return fit(m, opt, attach(m, opt), 60)
+
+
+@scenario("softmax probabilities passed to cross_entropy, which expects logits (seeds/000)", ("loss_not_decreasing",))
+def broken_probabilities_into_cross_entropy():
+    torch.manual_seed(0)
+    m = nn.Sequential(mlp(), nn.Softmax(dim=1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    return fit(m, opt, attach(m, opt), 300)
+
+
+@scenario("a NaN in the input batch from step 100 on (data pipeline bug)", ("nonfinite_values",))
+def broken_nan_input():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+
+    def poison(step, x):
+        if step >= 100:
+            x = x.clone()
+            x[0, 0] = math.nan
+        return x
+
+    return fit(m, opt, attach(m, opt), 120, transform=poison)
+
+
+@scenario("inputs no longer normalised from step 150 on (x500): gradients blow up", ("exploding_gradients",))
+def broken_unnormalised_inputs():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-5)
+    return fit(m, opt, attach(m, opt), 200, transform=lambda step, x: x * 500 if step >= 150 else x)
+
+
+@scenario("AdamW with lr=1.0 and weight_decay=1.0 (meant 1e-3): every update rewrites the weights",
+          ("update_ratio_out_of_range",))
+def broken_lr_far_too_high():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.AdamW(m.parameters(), lr=1.0, weight_decay=1.0)
+    return fit(m, opt, attach(m, opt), 100)
+
+
+@scenario("Adam with lr=3e-8 (meant 3e-4): updates are a millionth of the weights", ("update_ratio_out_of_range",))
+def broken_lr_far_too_low():
+    torch.manual_seed(0)
+    m = mlp(act=nn.GELU)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-8)
+    return fit(m, opt, attach(m, opt), 100)
+
+
+@scenario("a step that hangs (stuck data loader) longer than the stall limit", ("training_stalled",))
+def broken_stalled_step():
+    torch.manual_seed(0)
+    m = mlp(hidden=32)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    mon = attach(m, opt, stall_seconds=0.3)
+    fit(m, opt, mon, 10)
+    deadline = time.monotonic() + 5  # the loader hangs: no step for a while
+    while time.monotonic() < deadline and not any(f.check == "training_stalled" for f in mon.findings):
+        time.sleep(0.05)
+    return fit(m, opt, mon, 5)
+
+
+# -- runner ---------------------------------------------------------------------------------------------------
+def run(name: str) -> dict[str, str]:
+    """Run one scenario; returns {check: severity} of what fired."""
+    mon = SCENARIOS[name].run()
+    try:
+        return observed(mon)
+    finally:
+        mon.close()
+
+
+def table(results: dict[str, dict[str, str]]) -> str:
+    from agent.catalogue import CHECKS
+
+    checks = [c.name for c in CHECKS]
+    head = "| scenario | expected | " + " | ".join(f"`{c}`" for c in checks) + " |"
+    lines = [head, "|" + "---|" * (len(checks) + 2)]
+    for name, fired in results.items():
+        sc = SCENARIOS[name]
+        cells = []
+        for c in checks:
+            if c in fired:
+                mark = "**X**" if c in sc.expect else fired[c][0].upper()  # W/C/I for other findings
+            else:
+                mark = "MISSED" if c in sc.expect else ""
+            cells.append(mark)
+        expected = ", ".join(sorted(sc.expect)) or "healthy"
+        lines.append(f"| {name} | {expected} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.ERROR)
+    results = {}
+    for name in SCENARIOS:
+        t0 = time.perf_counter()
+        results[name] = run(name)
+        print(f"{name}: {sorted(results[name])} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    doc = Path(__file__).resolve().parent.parent / "docs" / "detection.md"
+    text = doc.read_text() if doc.exists() else "# Detection table\n\n<!-- table -->\n<!-- /table -->\n"
+    start, end = text.index("<!-- table -->"), text.index("<!-- /table -->")
+    doc.write_text(text[: start + len("<!-- table -->")] + "\n" + table(results) + "\n" + text[end:])
+    print(f"wrote {doc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The README's demo: trains on digits, serves /metrics, catches the planted fault."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("fault,check", [("dead-relu", "dead_units"), ("no-zero-grad", "gradients_not_cleared"),
+                                         ("nan", "nonfinite_values")])
+def test_demo_catches_its_planted_fault(fault, check):
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", fault, "--hold", "0", "--steps", "200"],
+                         capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert re.search(r"metrics: http://127\.0\.0\.1:\d+/metrics", out)
+    assert f"nnwatch [" in out and f"] {check}:" in out  # the log line, in the job's own output
+    assert re.search(rf"- (WARNING|CRITICAL) {check}", out)  # the summary
+
+
+def test_demo_without_fault_finds_nothing():
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", "none", "--hold", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "the agent found no problem" in res.stdout, res.stdout + res.stderr

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -20,6 +18,7 @@ import yaml
 
 from agent import dashboards as dash
 from agent.cli import main
+from tests.helpers import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARDS = {uid: ROOT / "dashboards" / name for uid, name in dash.FILES.items()}
@@ -48,15 +47,6 @@ def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
            for p in panels(board) for t in p["targets"]]
     out += [(f"{board['uid']} annotation {a['name']!r}", a["expr"]) for a in board["annotations"]["list"]]
     return out
-
-
-def need_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (make system-deps)")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def export_metric_names() -> set[str]:
@@ -236,7 +226,7 @@ def promtool_check(tmp_path: Path, exprs: list[tuple[str, str]]) -> subprocess.C
     rules = [{"record": f"nnwatch:dashboard_query_{k}", "expr": substitute(expr)} for k, (_, expr) in enumerate(exprs)]
     path = tmp_path / "queries.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, width=10_000))
-    return subprocess.run([need_binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True,
+    return subprocess.run([require_binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True,
                           timeout=60)
 
 

@@ -60,6 +60,9 @@ class Options:
     per_module_ranks: str = "0"
     """In a multi-process job, the ranks that export per-module series: "0", "0,8" or "all". Every rank
     exports its cheap per-rank scalars; sharded (FSDP) models export per-module squared norms on every rank."""
+    fingerprint_every: int = 1000
+    """Steps between two weight fingerprints (nnwatch_weight_fingerprint, compared across ranks for desync);
+    the fingerprint is held between them, so keep it well above a scrape interval's worth of steps."""
     pushgateway_url: str | None = None
     """Pushgateway base URL (e.g. http://pushgateway:9091): the metrics are pushed on close() and every
     ``push_interval`` seconds, for jobs too short to be scraped. Unreachable: one log line, training goes on."""
@@ -93,7 +96,7 @@ class Options:
                 raise TypeError(f"port must be an int in 0..65535 or None, got {self.port!r}")
             if not 0 <= self.port <= 65535:
                 raise ValueError(f"port must be in 0..65535 (0 picks a free port) or None to serve nothing, got {self.port}")
-        for name in ("sample_every", "dead_window", "max_modules"):
+        for name in ("sample_every", "dead_window", "max_modules", "fingerprint_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")

@@ -67,6 +67,23 @@ def exports_per_module(spec: str, info: RankInfo, sharded: bool) -> bool:
     return ranks is None or info.rank in ranks
 
 
+def next_fingerprint(previous: tuple[int, float] | None, step: int, every: int,
+                     weight_norm: float | None) -> tuple[int, float] | None:
+    """The weight fingerprint to export after a sample at ``step``: (step, global weight norm).
+
+    Replicas of a DDP job hold identical weights at the same step, but Prometheus scrapes ranks at
+    different moments; comparing each rank's latest norm would compare different steps (false desync when
+    steps are faster than scrapes). So the fingerprint is taken on the first sample of each ``every``-step
+    block, the same step on every rank, and held until the next block: ranks differ only briefly after a
+    new block starts, while a real desync differs all the time.
+    """
+    if weight_norm is None:
+        return previous
+    if previous is None or step // every > previous[0] // every:
+        return (step, weight_norm)
+    return previous
+
+
 def is_sharded(model: nn.Module) -> bool:
     """True when parameters are sharded across ranks: FSDP2 (DTensor parameters) or FSDP1 wrappers."""
     for p in model.parameters():
@@ -99,4 +116,4 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, nn.Module, bool]:
     return inner, hook_target, compiled
 
 
-__all__ = ["RankInfo", "parse_ranks", "exports_per_module", "is_sharded", "unwrap"]
+__all__ = ["RankInfo", "parse_ranks", "exports_per_module", "is_sharded", "unwrap", "next_fingerprint"]

@@ -130,7 +130,11 @@ class NNWatchCollector:
         if snap is None:
             return
         yield from self._one("gauge", "nnwatch_last_sample_timestamp_seconds", "Unix time of the last sampled step.", snap.time)
-        yield from self._one("gauge", "nnwatch_last_sample_step", "Training step the latest norms and ratios were measured at (ranks compare weights only at the same step).", snap.step)
+        yield from self._one("gauge", "nnwatch_last_sample_step", "Training step the latest norms and ratios were measured at.", snap.step)
+        fp = getattr(m, "fingerprint", None)
+        if fp is not None and not getattr(m, "sharded", False):
+            yield from self._one("gauge", "nnwatch_weight_fingerprint", "Global weight L2 norm taken at the same step on every rank (every fingerprint_every steps, held in between): DDP replicas must agree.", fp[1])
+            yield from self._one("gauge", "nnwatch_weight_fingerprint_step", "Training step of nnwatch_weight_fingerprint.", fp[0])
         yield from self._one("gauge", "nnwatch_loss", "Mean training loss logged since the previous sampled step.", snap.loss)
         yield from self._one("gauge", "nnwatch_initial_loss", "First training loss logged (compare with ln(num_classes)).", snap.first_loss)
         if opts.num_classes or opts.expected_initial_loss is not None:

@@ -25,7 +25,7 @@ from . import stats
 from ._version import __version__
 from .checks import CheckEngine, Finding
 from .config import Options
-from .distributed import RankInfo, exports_per_module, is_sharded, unwrap
+from .distributed import RankInfo, exports_per_module, is_sharded, next_fingerprint, unwrap
 from .guard import Guard
 from .memory import MemoryReader
 from .notify import Notifier
@@ -77,6 +77,8 @@ class Monitor:
         self.per_module = exports_per_module(options.per_module_ranks, self.rank, self.sharded)
         """Whether this rank exports per-module series (see agent.distributed.exports_per_module)."""
         self.amp: Any = None  # agent.amp.ScalerWatch once watch_scaler() was called
+        self.fingerprint: tuple[int, float] | None = None
+        """(step, global weight norm) on a coarse grid of steps shared by every rank (rank desync)."""
         self._model_ref = weakref.ref(model)
         self._opt_ref = weakref.ref(optimizer) if optimizer is not None else None
         self.guard = Guard()
@@ -507,6 +509,8 @@ class Monitor:
         with self._lock:
             self._snapshot = snap
         self.sampled_steps += 1
+        self.fingerprint = next_fingerprint(self.fingerprint, snap.step, self.options.fingerprint_every,
+                                            snap.weight_norm)
         agent_s, step_s = self.guard.seconds, self.step_seconds_total
         d_step = step_s - self._overhead_mark[1]
         if d_step > 0:

@@ -5,6 +5,8 @@ only, and the Pushgateway mode against a real Pushgateway."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import socket
@@ -227,3 +229,38 @@ def test_unreachable_pushgateway_logs_once_and_training_continues(caplog):
     warnings = [r for r in caplog.records if "Pushgateway" in r.getMessage()]
     assert len(warnings) == 1 and url in warnings[0].getMessage()
     assert monitor.guard.errors["pushgateway"] >= 2
+
+
+def test_fsdp2_squared_norms_add_up_to_the_true_norms(tmp_path):
+    # FSDP2 (fully_shard) runs on CPU with gloo: each rank holds a shard of every layer (uneven for the
+    # head), exports squared norms of its shard, and sqrt(sum over ranks) must be the full tensor's norm,
+    # which is what `sqrt(sum by (module) (nnwatch_gradient_squared_norm))` computes in Prometheus.
+    out = tmp_path / "fsdp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([*_torchrun(), "--standalone", "--nproc-per-node", "2",
+                           str(ROOT / "tests" / "setups" / "fsdp_train.py"), "--out", str(out)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"fsdp.rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["sharded"] and r["per_module"]  # every rank exports its shards' squares
+        assert r["errors"] == {} and r["findings"] == []
+        names = {e["name"] for e in r["exported"]}
+        # A shard's plain norm is no total, and shards never agree: no norms, no desync fingerprint.
+        assert not names & {"nnwatch_global_weight_norm", "nnwatch_weight_norm", "nnwatch_gradient_norm",
+                            "nnwatch_weight_fingerprint"}
+
+    def total(name: str, module: str | None) -> float:
+        return math.sqrt(sum(e["value"] for r in ranks for e in r["exported"]
+                             if e["name"] == name and e["labels"].get("module") == module))
+
+    for kind, ref_key in (("gradient", "grad_ref"), ("weight", "weight_ref")):
+        ref = ranks[0][ref_key]
+        for module, norm in ref.items():
+            assert total(f"nnwatch_{kind}_squared_norm", module) == pytest.approx(norm, rel=1e-5), (kind, module)
+            # and one rank alone is visibly not the total
+            alone = [e["value"] for e in ranks[0]["exported"]
+                     if e["name"] == f"nnwatch_{kind}_squared_norm" and e["labels"]["module"] == module][0]
+            assert math.sqrt(alone) < 0.95 * norm
+        whole = math.sqrt(sum(v * v for v in ref.values()))
+        assert total(f"nnwatch_global_{kind}_squared_norm", None) == pytest.approx(whole, rel=1e-5)

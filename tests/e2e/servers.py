@@ -286,6 +286,45 @@ class ServerPool:
                 pass
 
 
+ROOT = Path(__file__).resolve().parents[2]
+SLACK_PATH = "/slack/T000/B000/XXXX"
+PAGERDUTY_PATH = "/pagerduty/v2/enqueue"
+ROUTING_KEY = "e2e0routing0key0000000000000000"
+
+
+def shipped_alertmanager_config(receiver_url: str, secrets: Path, group_wait_s: float = 1,
+                                group_interval_s: float = 2) -> dict[str, Any]:
+    """alerts/alertmanager.yml as shipped, except: the secret files (written to ``secrets``) hold the local
+    receiver's Slack URL and a test routing key, PagerDuty posts to the receiver, templates are found by
+    absolute path, and the group timings are short."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "alerts" / "alertmanager.yml").read_text())
+    secrets.mkdir(parents=True, exist_ok=True)
+    slack_url = secrets / "slack-webhook-url"
+    slack_url.write_text(f"{receiver_url}{SLACK_PATH}\n")
+    routing_key = secrets / "pagerduty-routing-key"
+    routing_key.write_text(f"{ROUTING_KEY}\n")
+    cfg["templates"] = [str(ROOT / "alerts" / "templates" / "*.tmpl")]
+    for receiver in cfg["receivers"]:
+        for slack in receiver.get("slack_configs", []):
+            slack["api_url_file"] = str(slack_url)
+        for pd in receiver.get("pagerduty_configs", []):
+            pd["routing_key_file"] = str(routing_key)
+            pd["url"] = f"{receiver_url}{PAGERDUTY_PATH}"
+
+    def shorten(route: dict[str, Any]) -> None:
+        for key, value in (("group_wait", f"{group_wait_s:g}s"), ("group_interval", f"{group_interval_s:g}s"),
+                           ("repeat_interval", "1h")):
+            if key in route:
+                route[key] = value
+        for child in route.get("routes", []):
+            shorten(child)
+
+    shorten(cfg["route"])
+    return cfg
+
+
 def prometheus_alerts(url: str) -> list[dict[str, Any]]:
     """Alerts (pending and firing) of a Prometheus."""
     return http_json(f"{url}/api/v1/alerts")["data"]["alerts"]
@@ -306,6 +345,6 @@ def push_alerts(url: str, alerts: list[dict[str, Any]]) -> None:
     http_json(f"{url}/api/v2/alerts", alerts)
 
 
-__all__ = ["free_port", "wait_until", "start_prometheus", "start_alertmanager", "Receiver", "Post", "ServerPool",
+__all__ = ["shipped_alertmanager_config", "free_port", "wait_until", "start_prometheus", "start_alertmanager", "Receiver", "Post", "ServerPool",
            "Process", "prometheus_alerts", "prometheus_query", "alertmanager_alerts", "push_alerts", "http_json",
            "http_get", "alertmanager_binary"]

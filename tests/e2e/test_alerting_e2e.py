@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from agent.rules import RULES, RulesConfig, render_yaml
-from tests.e2e.servers import Post, ServerPool, alertmanager_alerts, prometheus_alerts, wait_until
+from tests.e2e.servers import (Post, ServerPool, alertmanager_alerts, prometheus_alerts, shipped_alertmanager_config,
+                               wait_until)
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_AM = ROOT / "alerts" / "alertmanager.yml"
 
 SCRAPE_S = 1.0
 """Scrape and rule evaluation interval of the test Prometheus (seconds)."""
@@ -34,34 +33,6 @@ GROUP_WAIT_S, GROUP_INTERVAL_S = 1, 2
 
 SHIPPED = {"scrape_s": 15.0, "eval_s": 15.0, "group_wait_s": 30.0, "group_interval_s": 300.0}
 """The intervals of `nnwatch stack` and alerts/alertmanager.yml, for the latency estimate."""
-
-
-def alertmanager_config(receiver_url: str, secrets: Path) -> dict[str, Any]:
-    """The shipped Alertmanager config with secret files pointing at the receiver and short group timings."""
-    cfg = yaml.safe_load(SHIPPED_AM.read_text())
-    secrets.mkdir(parents=True, exist_ok=True)
-    slack_url = secrets / "slack-webhook-url"
-    slack_url.write_text(f"{receiver_url}/slack/T000/B000/XXXX\n")
-    routing_key = secrets / "pagerduty-routing-key"
-    routing_key.write_text("e2e0routing0key0000000000000000\n")
-    cfg["templates"] = [str(ROOT / "alerts" / "templates" / "*.tmpl")]
-    for receiver in cfg["receivers"]:
-        for slack in receiver.get("slack_configs", []):
-            slack["api_url_file"] = str(slack_url)
-        for pd in receiver.get("pagerduty_configs", []):
-            pd["routing_key_file"] = str(routing_key)
-            pd["url"] = f"{receiver_url}/pagerduty/v2/enqueue"
-
-    def shorten(route: dict[str, Any]) -> None:
-        for key, value in (("group_wait", f"{GROUP_WAIT_S}s"), ("group_interval", f"{GROUP_INTERVAL_S}s"),
-                           ("repeat_interval", "1h")):
-            if key in route:
-                route[key] = value
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(cfg["route"])
-    return cfg
 
 
 class Trainer:
@@ -117,7 +88,8 @@ def _is_firing(post: Post) -> bool:
 
 def test_faults_reach_pagerduty_and_slack_and_resolve(servers: ServerPool, tmp_path: Path) -> None:
     receiver = servers.receiver()
-    am_url = servers.start_alertmanager(alertmanager_config(receiver.url, tmp_path / "secrets"))
+    am_url = servers.start_alertmanager(shipped_alertmanager_config(receiver.url, tmp_path / "secrets",
+                                                                     GROUP_WAIT_S, GROUP_INTERVAL_S))
     trainers = {fault: Trainer(fault, tmp_path / fault) for fault in ("none", "nan", "dead")}
     try:
         for t in trainers.values():

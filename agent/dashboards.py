@@ -530,11 +530,10 @@ def _tokenised_config(rules: Any) -> tuple[Any, _Slots]:
 
 def used_params(rules: Any) -> list[str]:
     """Threshold keys that the Prometheus rules read (the others only tune the in-process checks)."""
-    config, slots = _tokenised_config(rules)
+    config, _ = _tokenised_config(rules)
     text = json.dumps(rules.render_groups(config))
-    by_action = {a: k for k, a in zip(rules.default_params(), slots.actions)}
-    return [key for k, (a, key) in enumerate((a, by_action.get(a)) for a in slots.actions)
-            if key is not None and _TOKEN.format(k) in text]
+    # _tokenised_config takes the first slots for the thresholds, in default_params() order.
+    return [key for k, key in enumerate(rules.default_params()) if _TOKEN.format(k) in text]
 
 
 def _yaml_dump(data: Any) -> str:
@@ -782,7 +781,6 @@ def push(url: str, token: str | None, dashboards: Iterable[dict[str, Any]], fold
     try:
         from grafana_client import GrafanaApi
         from grafana_client.client import GrafanaClientError, GrafanaException
-        from niquests.exceptions import RequestException
     except ModuleNotFoundError:
         raise PushError("pushing needs grafana-client: pip install 'nnwatch[grafana]'") from None
 
@@ -821,7 +819,7 @@ def push(url: str, token: str | None, dashboards: Iterable[dict[str, Any]], fold
                 "with the Editor role (or Admin to create the folder) via --token or NNWATCH_GRAFANA_TOKEN."
             ) from None
         raise PushError(f"Grafana at {url} answered HTTP {exc.status_code} while {step}: {exc.message}") from None
-    except (RequestException, GrafanaException) as exc:
+    except (OSError, GrafanaException) as exc:  # the HTTP library's connection errors are OSErrors
         raise PushError(f"cannot reach Grafana at {url} while {step} ({_short(exc)}); check --url or "
                         "NNWATCH_GRAFANA_URL and that Grafana is running.") from None
 

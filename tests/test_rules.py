@@ -194,3 +194,15 @@ def test_header_documents_the_signal_of_every_rule() -> None:
     for rule in RULES:
         assert f"# {rule.key} (" in header
     assert header.count("agent finding") >= 3
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    text = (ROOT / "docs" / "runbooks.md").read_text()
+    sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S))
+    assert set(sections) == set(ALERTS)
+    for rule in _alerts(render_groups()):
+        # GitHub's anchor of "## NNWatchDeadUnits" is #nnwatchdeadunits: the runbook_url fragment.
+        assert rule["annotations"]["runbook_url"].rsplit("#", 1)[1] == rule["alert"].lower()
+        body = sections[rule["alert"]]
+        for part in ("**What it means.**", "**Usual causes.**", "**How to confirm.**", "**What to try.**"):
+            assert part in body, (rule["alert"], part)

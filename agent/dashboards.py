@@ -398,6 +398,27 @@ def training() -> dict[str, Any]:
     b.add(_timeseries(), "Samples per second",
           "Training samples per second over the last step.", "suffix: samples/s",
           [Q(f"nnwatch_samples_per_second{{{SEL}}}", who)])
+    b.add(_timeseries(), "Forward time and input wait per step",
+          "Per rank: seconds per step inside training forward passes (the rank's own work) and waiting for the "
+          "step's input (data loading, host-to-device copies). In DDP every rank's step is equally long; a "
+          "straggler shows here, and a high input wait means the data loader is the bottleneck.", "s",
+          [Q(f"rate(nnwatch_forward_time_seconds_total{{{SEL}}}[$__rate_interval]) / "
+             f"rate(nnwatch_steps_total{{{SEL}}}[$__rate_interval])", "forward " + who),
+           Q(f"rate(nnwatch_input_wait_seconds_total{{{SEL}}}[$__rate_interval]) / "
+             f"rate(nnwatch_steps_total{{{SEL}}}[$__rate_interval])", "input wait " + who)])
+    b.add(_timeseries(), "Weight fingerprint by rank",
+          "Global weight L2 norm taken at the same step on every rank; DDP replicas must show one line "
+          "(NNWatchRankDesync fires when a rank deviates).", "none",
+          [Q(f"nnwatch_weight_fingerprint{{{SEL}}}", who)])
+    b.add(_timeseries(log=True), "AMP loss scale",
+          "Loss scale of the watched GradScaler (monitor.watch_scaler); a scale that keeps halving means "
+          "gradients keep overflowing.", "none",
+          [Q(f"nnwatch_amp_loss_scale{{{SEL}}}", who)])
+    b.add(_timeseries(), "AMP skipped steps",
+          "Optimizer steps per second the GradScaler skipped because gradients held inf/NaN, and the current "
+          "run of skips in a row (the critical nonfinite_values alert fires when it grows too long).", "none",
+          [Q(f"rate(nnwatch_amp_skipped_steps_total{{{SEL}}}[$__rate_interval])", "skipped/s " + who),
+           Q(f"nnwatch_amp_consecutive_skipped_steps{{{SEL}}}", "in a row " + who)])
     b.add(_timeseries(), "Agent overhead",
           "Agent time on the training thread as a share of step time: over the last sample interval and over "
           "the rate window.", "percentunit",

@@ -2,7 +2,7 @@
 training run with the agent (variables substituted as Grafana would).
 
 The training run is an MLP on scikit-learn's digits with a planted dead-ReLU fault (so findings fire), a
-tanh layer (saturation series) and validation losses. Prometheus scrapes it every second and evaluates one
+tanh layer (saturation series), validation losses and a watched GradScaler (AMP series). Prometheus scrapes it every second and evaluates one
 probe alert so ALERTS (the annotation query) has a series.
 """
 
@@ -61,7 +61,9 @@ TRAINER = textwrap.dedent('''
     with torch.no_grad():
         model[0].bias[:48] = -8.0  # planted fault: 3 of 4 ReLUs of the first layer never activate
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler(device)  # loss scaling works on the CPU too: the AMP panels get data
     monitor = agent.attach(model, opt, port=port, addr="127.0.0.1", sample_every=1, num_classes=10)
+    monitor.watch_scaler(scaler)
     ready.write_text(str(monitor.url))
     step, deadline = 0, time.monotonic() + 90
     with monitor:
@@ -69,8 +71,9 @@ TRAINER = textwrap.dedent('''
             idx = torch.randint(0, 1500, (64,), device=device)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             monitor.log(loss=loss)
             if step % 10 == 0:
                 with torch.no_grad():

@@ -1,0 +1,82 @@
+"""PyTorch Lightning callback: a tiny real LightningModule and Trainer on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from agent.integrations.lightning import NNWatchCallback  # noqa: E402
+from tests.setups.tasks import Teacher  # noqa: E402
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=5e-3)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _loader(seed: int, n: int = 32 * 12) -> DataLoader:
+    x, y = Teacher(seed=seed).batch(n)
+    return DataLoader(TensorDataset(x, y), batch_size=32)
+
+
+def _trainer(tmp_path, callbacks, max_steps, **kw):
+    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks,
+                      val_check_interval=6, num_sanity_val_steps=0, limit_val_batches=2, **kw)
+
+
+def test_lightning_callback_wires_loss_lr_and_validation(tmp_path):
+    torch.manual_seed(0)
+    module = Classifier()
+    cb = NNWatchCallback(port=None, sample_every=2, num_classes=4)
+    _trainer(tmp_path, [cb], 24, enable_checkpointing=False).fit(module, _loader(0), _loader(1))
+    m = cb.monitor
+    assert m.step_index == 24  # one step per optimizer step (Lightning passes a closure to step())
+    assert m.first_loss == pytest.approx(math.log(4), rel=0.3)
+    snap = m.snapshot
+    assert snap.loss is not None and snap.loss < m.first_loss
+    assert m.learning_rates == (pytest.approx(5e-3 * 0.25),)  # StepLR halved it at steps 10 and 20
+    assert [s for s, _ in m.val_history] == [6, 12, 18]  # the one at 24 waits for a next sample
+    assert all(l.grad_norm and l.update_norm for l in snap.layers)  # gradients read after the closure
+    assert m.findings == [] and not m.guard.errors
+    assert not module._forward_hooks and not module._forward_pre_hooks  # closed at the end of fit
+
+
+def test_lightning_resume_continues_the_monitor(tmp_path):
+    torch.manual_seed(0)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=12, save_top_k=-1)
+    first = NNWatchCallback(port=None, sample_every=2, num_classes=4)
+    _trainer(tmp_path, [first, ckpt_cb], 12).fit(Classifier(), _loader(0), _loader(1))
+    path = next(tmp_path.glob("*step=12*.ckpt"))
+    assert torch.load(path, weights_only=False)["callbacks"]  # the monitor's state is in the checkpoint
+
+    second = NNWatchCallback(port=None, sample_every=2, num_classes=4)
+    _trainer(tmp_path, [second], 18, enable_checkpointing=False).fit(Classifier(), _loader(0), _loader(1),
+                                                                     ckpt_path=path)
+    assert second.monitor.step_index == 18
+    assert second.monitor.first_loss == first.monitor.first_loss  # no loss_at_init on the resumed loss
+    assert second.monitor.findings == []

@@ -14,12 +14,13 @@ strings, inserted verbatim, so a Helm chart can pass ``{{ .Values... }}`` templa
 from __future__ import annotations
 
 import argparse
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .catalogue import BY_NAME, CHECKS, RUNBOOK_BASE, alert_name
+from .catalogue import BY_NAME, CHECKS, RUNBOOK_BASE
 
 Value = float | int | str
 """A threshold or duration: numbers are formatted for PromQL, strings are inserted verbatim."""
@@ -414,8 +415,6 @@ def header(config: RulesConfig | None = None) -> str:
              ""]
     for r in RULES:
         lines.append(f"{r.key} ({r.severity}, for {(config or RulesConfig()).duration(r)}): {r.source}")
-    import textwrap
-
     out = []
     for line in lines:
         wrapped = textwrap.wrap(line, 108, subsequent_indent="    ") or [""]

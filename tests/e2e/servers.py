@@ -8,7 +8,6 @@ missing one skips the test locally and fails it in CI (tests.helpers.require_bin
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import tempfile

@@ -32,6 +32,7 @@ from .notify import Notifier
 from .probes import ActivationProbe
 from .snapshot import ROOT, LayerStats, MemoryStats, Snapshot
 from .transfer import DeviceBatch
+from .updates import WeightCopies
 
 log = logging.getLogger("nnwatch")
 
@@ -128,6 +129,7 @@ class Monitor:
         self._grad_sq: dict[int, Tensor] = {}
         self._params_without_grad: dict[str, int] = {}
         self._weight_copy: list[tuple[int, Tensor]] = []
+        self._copies = WeightCopies()  # scratch buffers for the update copy (kept on CPU, see agent.updates)
         self._update_cursor = 0
         self._uncleared_sq: Tensor | None = None
         self.constant_weights: tuple[str, ...] = ()
@@ -267,6 +269,7 @@ class Monitor:
             self.engine.close()
         self._finalizer.detach()
         self._weight_copy = []
+        self._copies.clear()
         self._grad_sq = {}
         self._pending_losses = []
         self._params = []
@@ -434,7 +437,7 @@ class Monitor:
                 used += size
             self._update_cursor = (self._update_cursor + len(chosen)) % n
         with torch.no_grad():
-            copies = torch._foreach_mul([p.ref.detach() for _, p in chosen], 1.0)
+            copies = self._copies.copy([p.ref for _, p in chosen])
         self._weight_copy = [(i, c) for (i, _), c in zip(chosen, copies)]
 
     def _finish_sample(self) -> None:
@@ -451,7 +454,8 @@ class Monitor:
                 batch.add(("g", i), s)
             if self._weight_copy:
                 idx = [i for i, _ in self._weight_copy]
-                upd = stats.difference_squared_norms([self._params[i].ref for i in idx], [c for _, c in self._weight_copy])
+                upd = stats.difference_squared_norms([self._params[i].ref for i in idx], [c for _, c in self._weight_copy],
+                                                     overwrite_old=True)  # the copy is our scratch buffer
                 for i, s in zip(idx, upd):
                     batch.add(("u", i), s)
             self._weight_copy = []

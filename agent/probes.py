@@ -9,6 +9,7 @@ module it happens in. On other steps nothing of this exists, so it costs nothing
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -66,7 +67,7 @@ def _spec_for(name: str, args: tuple, kwargs: dict) -> ActivationSpec | None:
 class _SiteState:
     """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
 
-    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite")
+    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite", "elements")
 
     def __init__(self, kind: str, spec: ActivationSpec) -> None:
         self.kind = kind
@@ -76,7 +77,8 @@ class _SiteState:
         self.seen = 0  # forward passes observed so far (the dead window counts these)
         self.sat: list[Tensor] = []
         self.numel = 0
-        self.nonfinite: list[Tensor] = []
+        self.nonfinite: list[Tensor] = []  # finite-element counts per call (non-finite = elements - finite)
+        self.elements = 0
 
 
 class _Mode(TorchFunctionMode):
@@ -193,37 +195,52 @@ class ActivationProbe:
             if spec.half_width is not None:
                 site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
                 site.numel += x.numel()
-            site.nonfinite.append(stats.nonfinite_count(x))
+            site.nonfinite.append(_finite_count(x))
+            site.elements += x.numel()
 
     # -- per sampled step -----------------------------------------------------------------------
     def queue(self, batch: DeviceBatch) -> list[str]:
-        """Queue this step's activation statistics for the batched copy; returns the sites queued."""
+        """Queue this step's activation statistics for the batched copy; returns the sites queued.
+
+        Per-call values of every site go into one stacked vector each (saturated counts, finite counts),
+        so a sample costs a few tensor ops however many call sites the model has.
+        """
         keys = sorted(self._observed)
+        sat: list[Tensor] = []
+        finite: list[Tensor] = []
         for key in keys:
             site = self.sites[key]
             if site.spec.dead and site.last_alive is not None:
                 threshold = max(0, site.seen - self.dead_window)
-                batch.add(("act_dead", key), (site.last_alive < threshold).float().mean())
-            if site.sat:
-                batch.add(("act_sat", key), torch.stack(site.sat).sum())
-            if site.nonfinite:
-                batch.add(("act_nonfinite", key), torch.stack(site.nonfinite).sum())
+                batch.add(("act_dead", key), (site.last_alive < threshold).sum())  # units; ratio on the host
+            sat.extend(site.sat)
+            finite.extend(site.nonfinite)
+        _add_stacked(batch, "act_sat", sat)
+        _add_stacked(batch, "act_finite", finite)
         return keys
 
     def results(self, keys: list[str], host: dict) -> tuple[ActivationStats, ...]:
         """Turn fetched host values into ActivationStats and reset the per-step accumulators."""
         out = []
+        sat_all = _gather(host, "act_sat")
+        finite_all = _gather(host, "act_finite")
+        sat_pos = finite_pos = 0
         for key in keys:
             site = self.sites[key]
-            dead = host.get(("act_dead", key))
-            sat = host.get(("act_sat", key))
+            dead_units = host.get(("act_dead", key))
+            dead = dead_units / site.units if dead_units is not None and site.units else None
             sat_ratio = None
-            if sat is not None and site.numel:
-                sat_ratio = sat / site.numel if sat == sat else None  # NaN input: unknown
-            nonfinite = int(host.get(("act_nonfinite", key), 0))
+            if site.sat:
+                sat = math.fsum(sat_all[sat_pos : sat_pos + len(site.sat)])
+                sat_pos += len(site.sat)
+                if site.numel:
+                    sat_ratio = sat / site.numel if sat == sat else None  # NaN input: unknown
+            finite = math.fsum(finite_all[finite_pos : finite_pos + len(site.nonfinite)])
+            finite_pos += len(site.nonfinite)
+            nonfinite = max(0, round(site.elements - finite)) if finite == finite else site.elements
             out.append(ActivationStats(key=key, kind=site.kind, units=site.units, dead_ratio=dead,
                                        saturated_ratio=sat_ratio, nonfinite=nonfinite))
-            site.sat, site.numel, site.nonfinite = [], 0, []
+            site.sat, site.numel, site.nonfinite, site.elements = [], 0, [], 0
         self._observed = set()
         return tuple(out)
 
@@ -231,5 +248,40 @@ class ActivationProbe:
         """Drop accumulators of a sampled step that produced no sample (e.g. a skipped optimizer step)."""
         for key in self._observed:
             site = self.sites[key]
-            site.sat, site.numel, site.nonfinite = [], 0, []
+            site.sat, site.numel, site.nonfinite, site.elements = [], 0, [], 0
         self._observed = set()
+
+
+def _finite_count(x: Tensor) -> Tensor:
+    """Finite elements of ``x`` as a float 0-d tensor, with float reductions only (see stats.nonfinite_count);
+    the non-finite count is ``numel - finite``, taken on the host where numel is known."""
+    if not x.is_floating_point():
+        return torch.full((), float(x.numel()), device=x.device)
+    acc = torch.float32 if x.numel() < 2**24 or x.device.type == "mps" else torch.float64
+    return torch.nansum(torch.mul(x, 0).exp_(), dtype=acc)
+
+
+def _add_stacked(batch: DeviceBatch, key: str, values: list[Tensor]) -> None:
+    """Queue 0-d values as one vector per device, in order (``key``, ``(key, k)``, ... for more devices)."""
+    if not values:
+        return
+    devices = list(dict.fromkeys(t.device for t in values))
+    if len(devices) == 1:
+        batch.add(key, torch.stack(values))  # promotes to the widest dtype (float64 counts stay exact)
+        return
+    for k, t in enumerate(values):  # a model spread over devices: no cross-device copy, one value each
+        batch.add((key, k), t.reshape(1))
+
+
+def _gather(host: dict, key: str) -> list[float]:
+    """The host values queued by ``_add_stacked`` under ``key``, in order."""
+    value = host.get(key)
+    if value is not None:
+        return value if isinstance(value, list) else [value]
+    out: list[float] = []
+    k = 0
+    while (key, k) in host:
+        v = host[(key, k)]
+        out.extend(v if isinstance(v, list) else [v])
+        k += 1
+    return out

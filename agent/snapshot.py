@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 ROOT = "(root)"
 """Module label of parameters owned directly by the model's root module."""
@@ -93,17 +94,17 @@ class Snapshot:
             return None
         return math.sqrt(math.fsum(v * v for v in values))
 
-    @property
+    @cached_property  # computed once: the check engine reads it for every snapshot in its history
     def grad_norm(self) -> float | None:
         """Global gradient L2 norm over every layer."""
         return self._total("grad_norm")
 
-    @property
+    @cached_property  # computed once: the check engine reads it for every snapshot in its history
     def weight_norm(self) -> float | None:
         """Global weight L2 norm over every layer."""
         return self._total("weight_norm")
 
-    @property
+    @cached_property  # computed once: the check engine reads it for every snapshot in its history
     def update_ratio(self) -> float | None:
         """Global update norm / weight norm."""
         upd = self._total("update_norm")

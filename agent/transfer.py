@@ -33,7 +33,22 @@ class DeviceBatch:
                 result[key] = float(value)
         for device, items in by_device.items():
             dtype = torch.float32 if device.type == "mps" else torch.float64
-            flat = torch.cat([v.detach().reshape(-1).to(dtype) for _, v in items])
+            # 0-d values of one dtype go through one stack: a few ops per sample instead of two per value.
+            order: list[tuple[Hashable, Tensor]] = []
+            parts: list[Tensor] = []
+            by_dtype: dict[torch.dtype, list[tuple[Hashable, Tensor]]] = defaultdict(list)
+            for key, value in items:
+                if value.ndim == 0:
+                    by_dtype[value.dtype].append((key, value))
+            for group in by_dtype.values():
+                order.extend(group)
+                parts.append(torch.stack([v.detach() for _, v in group]).to(dtype))
+            for key, value in items:
+                if value.ndim != 0:
+                    order.append((key, value))
+                    parts.append(value.detach().reshape(-1).to(dtype))
+            items = order
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)
             host = flat.cpu().tolist()  # host-device sync: once per device per sampled step
             pos = 0
             for key, value in items:

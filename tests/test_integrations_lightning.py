@@ -80,3 +80,13 @@ def test_lightning_resume_continues_the_monitor(tmp_path):
     assert second.monitor.step_index == 18
     assert second.monitor.first_loss == first.monitor.first_loss  # no loss_at_init on the resumed loss
     assert second.monitor.findings == []
+
+
+def test_core_never_imports_frameworks():
+    import subprocess
+    import sys
+
+    code = ("import sys, agent; agent.attach(__import__('torch').nn.Linear(2, 2), port=None).close(); "
+            "bad = [m for m in ('lightning', 'pytorch_lightning', 'transformers', 'accelerate') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

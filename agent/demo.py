@@ -20,6 +20,7 @@ def register(sub: Any) -> None:
     p.add_argument("--fault", choices=FAULTS, default="dead-relu", help="silent failure to plant (default: dead-relu)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     p.add_argument("--port", type=int, default=0, help="/metrics port (default: 0 = a free port)")
+    p.add_argument("--addr", default="127.0.0.1", help="/metrics bind address (default: 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--hold", type=float, default=30.0,
                    help="seconds to keep serving /metrics after training (default: 30; Ctrl-C ends it)")
     p.add_argument("--sample-every", type=int, default=5, help="heavy statistics every N steps (default: 5)")
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"nnwatch demo: MLP 64-128-128-10 on scikit-learn digits ({len(x_train)} train / {len(x_val)} val), "
           f"planted fault: {args.fault}")
     monitor = agent.attach(model, optimizer, port=args.port, num_classes=10, sample_every=args.sample_every,
-                           addr="127.0.0.1")
+                           addr=args.addr)
     if monitor.url:
         print(f"metrics: {monitor.url}")
     batch = 64

@@ -156,8 +156,9 @@ def test_layer_statistics_match_reference():
     for layer in ("fc1", "fc2", "head"):
         names = [f"{layer}.weight", f"{layer}.bias"]
         g = math.sqrt(sum(float((grads[n].double() ** 2).sum()) for n in names))
-        w = math.sqrt(sum(float((dict(model.named_parameters())[n].double() ** 2).sum()) for n in names))
-        u = math.sqrt(sum(float(((dict(model.named_parameters())[n].double() - weights_before[n].double()) ** 2).sum()) for n in names))
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        w = math.sqrt(sum(float((params[n].double() ** 2).sum()) for n in names))
+        u = math.sqrt(sum(float(((params[n].double() - weights_before[n].double()) ** 2).sum()) for n in names))
         assert by[layer].grad_norm == pytest.approx(g, rel=1e-5)
         assert by[layer].weight_norm == pytest.approx(w, rel=1e-5)
         assert by[layer].update_norm == pytest.approx(u, rel=1e-4)

@@ -208,7 +208,7 @@ def test_pushgateway_mode(tmp_path, monkeypatch):
         assert _gateway_value(url, "nnwatch_step", **group) == 11
         assert _gateway_value(url, "nnwatch_global_weight_norm", **group) > 0
         assert _gateway_value(url, "nnwatch_steps_total", local_rank="1", **group) == 11
-        assert monitor.pusher.failures == 0 and monitor.pusher.pushes >= 2
+        assert monitor.pusher.failures == 0
     finally:
         proc.terminate()
         proc.wait(10)

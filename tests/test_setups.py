@@ -308,3 +308,29 @@ def test_parameters_on_cpu_and_cuda():
         _assert_close(monitor.snapshot, ref)
         assert not monitor.guard.errors and monitor.findings == []
         assert monitor.snapshot.update_ratio is not None
+
+
+EXAMPLES = {
+    "amp_gradscaler.py": ["--steps", "20"],
+    "resume_checkpoint.py": ["{tmp}/ckpt.pt", "--steps", "10"],
+    "lightning_callback.py": ["--steps", "8", "--port", "0"],
+    "hf_trainer.py": ["--steps", "4", "--port", "0"],
+    "ddp_torchrun.py": ["--steps", "10", "--port", "0"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_setup_examples_run(name, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = [a.format(tmp=tmp_path) for a in EXAMPLES[name]]
+    cmd = [sys.executable, str(root / "examples" / name), *args]
+    if name == "ddp_torchrun.py":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *cmd[1:]]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "findings []" in proc.stdout, proc.stdout[-2000:]

@@ -264,3 +264,33 @@ def test_fsdp2_squared_norms_add_up_to_the_true_norms(tmp_path):
             assert math.sqrt(alone) < 0.95 * norm
         whole = math.sqrt(sum(v * v for v in ref.values()))
         assert total(f"nnwatch_global_{kind}_squared_norm", None) == pytest.approx(whole, rel=1e-5)
+
+
+def test_rank_selection_and_fingerprint_grid():
+    from agent.distributed import RankInfo, exports_per_module, next_fingerprint, parse_ranks, unwrap
+
+    assert parse_ranks("0") == {0} and parse_ranks(" 0, 8 ") == {0, 8} and parse_ranks("all") is None
+    for bad in ("", "x", "-1"):
+        with pytest.raises(ValueError):
+            parse_ranks(bad)
+    with pytest.raises(ValueError, match="per_module_ranks"):
+        agent.attach(nn.Linear(2, 2), port=None, per_module_ranks="first")
+    info = RankInfo.from_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
+    assert (info.rank, info.local_rank, info.world_size, info.distributed) == (3, 1, 4, True)
+    assert not RankInfo.from_env({}).distributed
+    assert exports_per_module("0", RankInfo.from_env({}), sharded=False)  # single process: always
+    assert not exports_per_module("0", info, sharded=False)
+    assert exports_per_module("0,3", info, sharded=False) and exports_per_module("all", info, sharded=False)
+    assert exports_per_module("0", info, sharded=True)  # shards differ: every rank
+
+    # The fingerprint is taken on the first sample of each block and held in between.
+    fp = None
+    seen = []
+    for step in range(0, 260, 10):
+        fp = next_fingerprint(fp, step, 100, float(step))
+        seen.append(fp)
+    assert seen[0] == (0, 0.0) and seen[9] == (0, 0.0) and seen[10] == (100, 100.0) and seen[-1] == (200, 200.0)
+
+    model = nn.Linear(2, 2)
+    inner, hooked, compiled = unwrap(torch.nn.DataParallel(model))
+    assert inner is model and hooked is model and not compiled

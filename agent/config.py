@@ -29,6 +29,10 @@ class Options:
     """Path of the PEM private key matching ``tls_cert``."""
     sample_every: int = 10
     """Heavy statistics (norms, update ratios, activations) are computed every this many steps."""
+    overhead_budget: float | None = None
+    """Share of step time the agent may take, e.g. 0.01 for 1%; the sampling interval then adapts to the
+    measured agent time (starting from ``sample_every``, between 1 and 1000 steps). None: a fixed
+    ``sample_every``. The live interval is ``nnwatch_sample_interval_steps``."""
     activations: bool = True
     """Observe activation functions (modules and functional calls) on sampled steps."""
     update_ratios: bool = True
@@ -100,6 +104,8 @@ class Options:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.overhead_budget is not None and (not _finite_number(self.overhead_budget) or not 0 < self.overhead_budget < 1):
+            raise ValueError(f"overhead_budget must be a fraction of step time in (0, 1), e.g. 0.01 for 1%, or None, got {self.overhead_budget!r}")
         if not isinstance(self.update_copy_max_bytes, int) or self.update_copy_max_bytes < 0:
             raise ValueError(f"update_copy_max_bytes must be an int >= 0, got {self.update_copy_max_bytes!r}")
         if self.num_classes is not None and (

@@ -99,7 +99,7 @@ class NNWatchCollector:
         yield from self._one("counter", "nnwatch_steps", "Training steps completed in this process.", m.steps_in_process)
         yield from self._one("gauge", "nnwatch_step", "Current global training step (continues across restarts from a checkpoint).", m.step_index)
         yield from self._one("counter", "nnwatch_sampled_steps", "Steps on which the heavy statistics were computed.", m.sampled_steps)
-        yield from self._one("gauge", "nnwatch_sample_interval_steps", "Heavy statistics are computed every this many steps.", opts.sample_every)
+        yield from self._one("gauge", "nnwatch_sample_interval_steps", "Heavy statistics are computed every this many steps (the live value when an overhead budget adapts it).", m.schedule.interval)
         yield from self._one("gauge", "nnwatch_step_duration_seconds", "Wall time of the last training step.", m.last_step_seconds)
         yield from self._one("counter", "nnwatch_step_time_seconds", "Wall time of all training steps; rate() over rate(nnwatch_steps_total) is the mean step time.", m.step_seconds_total)
         yield from self._rank_time(m)

@@ -31,6 +31,7 @@ from .memory import MemoryReader
 from .notify import Notifier
 from .probes import ActivationProbe
 from .snapshot import ROOT, LayerStats, MemoryStats, Snapshot
+from .budget import SampleSchedule
 from .transfer import DeviceBatch
 from .updates import WeightCopies
 
@@ -91,6 +92,7 @@ class Monitor:
         self.step_index = 0  # global training step; resumable
         self.steps_in_process = 0
         self._sampled = True
+        self.schedule = SampleSchedule(options.sample_every, options.overhead_budget)  # which steps are sampled
         self._step_started = clock()
         self.last_step_seconds: float | None = None
         self.step_seconds_total = 0.0
@@ -620,7 +622,7 @@ class Monitor:
         self.step_index += 1
         self.steps_in_process += 1
         self._first_forward_pending = True
-        self._sampled = self.step_index % self.options.sample_every == 0
+        self._sampled = self.schedule.next_sampled(self.step_index, self.guard.seconds, self.step_seconds_total)
         if self._sampled and opt is None and self.options.update_ratios:
             # Without an optimizer the update is measured between two step() calls.
             self.guard.call("update_ratio", self._copy_weights, None)

@@ -1,0 +1,151 @@
+"""The overhead budget: the controller on synthetic timings, the schedule, and a real monitor adapting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import agent
+from agent.budget import OverheadController, SampleSchedule
+from agent.config import Options
+from agent.export import NNWatchCollector
+from prometheus_client import CollectorRegistry
+
+from .helpers import SmallMLP, train
+
+
+def simulate(ctrl: OverheadController, per_sample: float, per_step: float, step: float, rounds: int) -> list[tuple[int, float]]:
+    """Feed the controller what an agent costing ``per_sample`` s per sample plus ``per_step`` s per step
+    would measure on steps of ``step`` s; returns (interval, share) after each update."""
+    out = []
+    for _ in range(rounds):
+        n = ctrl.interval
+        agent_s = per_sample + n * per_step
+        ctrl.update(agent_s, n * step + agent_s, n)
+        out.append((ctrl.interval, agent_s / (n * step + agent_s)))
+    return out
+
+
+def test_converges_to_the_smallest_interval_within_budget():
+    ctrl = OverheadController(0.01, initial=10)
+    trace = simulate(ctrl, per_sample=0.05, per_step=0.0, step=0.1, rounds=12)
+    # 50 ms per sample on 100 ms steps at 1%: every 50 steps or so (the step time seen includes the agent).
+    assert [n for n, _ in trace[:2]] == [20, 40]  # at most doubling per update
+    assert all(n == 50 for n, _ in trace[-5:])  # settled, no oscillation
+    assert trace[-1][1] <= 0.01
+
+
+def test_per_step_cost_moves_the_fixed_point_as_predicted():
+    ctrl = OverheadController(0.02, initial=10)
+    per_sample, per_step, step = 0.03, 0.0005, 0.1
+    trace = simulate(ctrl, per_sample, per_step, step, rounds=30)
+    expected = per_sample / (0.02 * (step + per_step) - per_step)  # n = c / (budget * step - b)
+    assert trace[-1][0] == pytest.approx(expected, rel=0.1)
+    assert trace[-1][1] <= 0.021
+
+
+def test_hooks_alone_over_budget_climb_to_the_bound():
+    ctrl = OverheadController(0.01, initial=10, max_interval=500)
+    trace = simulate(ctrl, per_sample=0.01, per_step=0.002, step=0.1, rounds=20)  # 2% per step > 1%
+    assert trace[-1][0] == 500
+
+
+def test_loose_budget_samples_every_step():
+    ctrl = OverheadController(0.5, initial=10)
+    trace = simulate(ctrl, per_sample=0.001, per_step=0.0, step=0.1, rounds=8)
+    assert trace[-1][0] == 1
+
+
+def test_one_outlier_moves_the_interval_at_most_by_the_factor_and_is_forgotten():
+    ctrl = OverheadController(0.01, initial=10)
+    simulate(ctrl, per_sample=0.05, per_step=0.0, step=0.1, rounds=15)
+    settled = ctrl.interval
+    ctrl.update(50.0, settled * 0.1 + 50.0, settled)  # one absurd sample: 50 s
+    assert ctrl.interval <= 2 * settled
+    trace = simulate(ctrl, per_sample=0.05, per_step=0.0, step=0.1, rounds=15)
+    assert trace[-1][0] == pytest.approx(settled, rel=0.15)
+
+
+def test_bad_input_is_ignored_and_bad_settings_fail_fast():
+    ctrl = OverheadController(0.01, initial=7)
+    for args in [(0.1, 0.0, 5), (0.1, 1.0, 0), (math.nan, 1.0, 5), (0.1, math.inf, 5)]:
+        assert ctrl.update(*args) == 7
+    for budget in (0, 1, -0.1, 2.0, "1%"):
+        with pytest.raises(ValueError, match="fraction"):
+            OverheadController(budget, initial=10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        OverheadController(0.01, initial=10, min_interval=5, max_interval=2)
+
+
+def test_fixed_schedule_keeps_the_global_step_phase():
+    sched = SampleSchedule(10)
+    assert [s for s in range(1, 41) if sched.next_sampled(s, 0.0, 0.0)] == [10, 20, 30, 40]
+    assert sched.interval == 10 and sched.share is None
+
+
+def test_budget_schedule_counts_down_the_adapted_interval():
+    sched = SampleSchedule(4, overhead_budget=0.01)
+    agent_s = step_s = 0.0
+    sampled = []
+    for k in range(1, 400):
+        step_s += 0.1
+        if sampled and sampled[-1] == k - 1:
+            agent_s += 0.05  # the sample's work lands in the interval after it
+        if sched.next_sampled(k, agent_s, step_s):
+            sampled.append(k)
+    gaps = [b - a for a, b in zip(sampled, sampled[1:])]
+    assert gaps[0] == 4 and gaps[-1] >= 40  # grew from sample_every towards ~50
+    assert sched.interval == gaps[-1] or sched.interval >= 40
+
+
+def test_option_and_environment_variable():
+    assert Options.resolve(env={"NNWATCH_OVERHEAD_BUDGET": "0.02"}).overhead_budget == 0.02
+    assert Options.resolve(env={"NNWATCH_OVERHEAD_BUDGET": "none"}).overhead_budget is None
+    with pytest.raises(ValueError, match="overhead_budget"):
+        Options.resolve(env={}, overhead_budget=5)
+
+
+def _gauge(monitor, name: str) -> float | None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NNWatchCollector(monitor, extra_labels={}))
+    return registry.get_sample_value(name)
+
+
+def test_tight_budget_grows_the_interval_and_metrics_show_it():
+    torch.manual_seed(0)
+    model = SmallMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    # A tiny model: the agent's sampled-step work is comparable to the step itself, so 0.1% forces the
+    # interval far above its start.
+    mon = agent.attach(model, opt, port=None, sample_every=2, overhead_budget=0.001)
+    train(model, opt, 200, monitor=mon)
+    assert mon.schedule.interval >= 16
+    assert mon.sampled_steps < 200 / 4
+    assert _gauge(mon, "nnwatch_sample_interval_steps") == mon.schedule.interval
+    ratio = _gauge(mon, "nnwatch_agent_overhead_ratio")
+    assert ratio is not None and 0 <= ratio <= 1
+    mon.close()
+
+
+def test_loose_budget_shrinks_the_interval():
+    torch.manual_seed(0)
+    model = SmallMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = agent.attach(model, opt, port=None, sample_every=10, overhead_budget=0.9)
+    train(model, opt, 120, monitor=mon)
+    assert mon.schedule.interval < 10
+    assert _gauge(mon, "nnwatch_sample_interval_steps") == mon.schedule.interval
+    mon.close()
+
+
+def test_without_a_budget_the_interval_is_fixed():
+    torch.manual_seed(0)
+    model = SmallMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = agent.attach(model, opt, port=None, sample_every=5)
+    train(model, opt, 20, monitor=mon)
+    assert mon.sampled_steps == 4 and mon.schedule.interval == 5
+    assert _gauge(mon, "nnwatch_sample_interval_steps") == 5
+    mon.close()

@@ -17,7 +17,7 @@ from typing import Callable
 COMMAND_MODULES = ("agent.demo", "agent.rules", "agent.stack", "agent.dashboards")
 """Modules that add subcommands (missing ones are skipped) and, optionally, generators."""
 
-GENERATOR_MODULES = ("agent.checkdoc", "agent.rules", "agent.dashboards")
+GENERATOR_MODULES = ("agent.checkdoc", "agent.rules", "agent.dashboards", "agent.chart")
 """Modules with ``generate(root: Path) -> list[Path]``, run in this order by ``nnwatch generate``."""
 
 

@@ -67,15 +67,26 @@ def module_metric_names() -> set[str]:
 
 def test_committed_dashboards_match_the_generator(tmp_path: Path) -> None:
     written = dash.generate(tmp_path)
-    assert written, "generate() wrote nothing"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == sorted(
+        f"dashboards/{name}" for name in dash.FILES.values())
     for path in written:
         rel = path.relative_to(tmp_path)
         committed = ROOT / rel
         assert committed.is_file(), f"{rel} is not committed; run `nnwatch generate`"
         assert committed.read_text() == path.read_text(), f"{rel} is stale; run `nnwatch generate`"
-    names = {p.relative_to(tmp_path).as_posix() for p in written}
-    for name in dash.FILES.values():
-        assert f"dashboards/{name}" in names and f"helm/nnwatch/dashboards/{name}" in names
+
+
+def test_dashboards_generate_command_writes_the_dashboards_and_the_chart(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboards", "generate", "--root", str(tmp_path)]) == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(line.removeprefix("wrote ") for line in capsys.readouterr().out.splitlines())
+    expected = {f"{d}/{name}" for d in ("dashboards", "helm/nnwatch/dashboards") for name in dash.FILES.values()}
+    expected |= {"helm/nnwatch/templates/prometheusrule.yaml", "helm/nnwatch/values.yaml",
+                 "helm/nnwatch/values.schema.json"}
+    assert set(written) == expected
+    for rel in written:
+        assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), f"{rel} differs from the committed file"
 
 
 def test_only_generated_dashboards_are_shipped() -> None:

@@ -17,6 +17,7 @@ import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmError
 
+from agent import chart as agent_chart
 from agent import dashboards as dash
 from agent import rules as agent_rules
 from agent._version import __version__
@@ -63,6 +64,17 @@ def default() -> tuple[list[dict[str, Any]], str]:
 
 
 # --- chart hygiene ---------------------------------------------------------------------------------
+
+
+def test_committed_chart_matches_the_generator(tmp_path: Path) -> None:
+    written = agent_chart.generate(tmp_path)
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert names == {f"helm/nnwatch/dashboards/{name}" for name in dash.FILES.values()} | {
+        "helm/nnwatch/templates/prometheusrule.yaml", "helm/nnwatch/values.yaml", "helm/nnwatch/values.schema.json"}
+    for path in written:
+        rel = path.relative_to(tmp_path)
+        assert (ROOT / rel).is_file(), f"{rel} is not committed; run `nnwatch generate`"
+        assert (ROOT / rel).read_text() == path.read_text(), f"{rel} is stale; run `nnwatch generate`"
 
 
 def test_lint_strict() -> None:

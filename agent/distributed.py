@@ -73,15 +73,13 @@ def next_fingerprint(previous: tuple[int, float] | None, step: int, every: int,
 
     Replicas of a DDP job hold identical weights at the same step, but Prometheus scrapes ranks at
     different moments; comparing each rank's latest norm would compare different steps (false desync when
-    steps are faster than scrapes). So the fingerprint is taken on the first sample of each ``every``-step
-    block, the same step on every rank, and held until the next block: ranks differ only briefly after a
-    new block starts, while a real desync differs all the time.
+    steps are faster than scrapes). So the fingerprint is taken at steps that are multiples of ``every``
+    (the monitor always samples those, whatever its schedule), the same step on every rank, and held until
+    the next one: ranks differ only briefly after a new one, while a real desync differs all the time.
     """
-    if weight_norm is None:
+    if weight_norm is None or step % every != 0:
         return previous
-    if previous is None or step // every > previous[0] // every:
-        return (step, weight_norm)
-    return previous
+    return (step, weight_norm)
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -623,6 +623,9 @@ class Monitor:
         self.steps_in_process += 1
         self._first_forward_pending = True
         self._sampled = self.schedule.next_sampled(self.step_index, self.guard.seconds, self.step_seconds_total)
+        # Weight fingerprints are compared across ranks: sample the grid step on every rank, whatever the
+        # (possibly adaptive, per-rank) schedule says.
+        self._sampled = self._sampled or self.step_index % self.options.fingerprint_every == 0
         if self._sampled and opt is None and self.options.update_ratios:
             # Without an optimizer the update is measured between two step() calls.
             self.guard.call("update_ratio", self._copy_weights, None)

@@ -283,14 +283,32 @@ def test_rank_selection_and_fingerprint_grid():
     assert exports_per_module("0,3", info, sharded=False) and exports_per_module("all", info, sharded=False)
     assert exports_per_module("0", info, sharded=True)  # shards differ: every rank
 
-    # The fingerprint is taken on the first sample of each block and held in between.
+    # The fingerprint is taken on grid steps only and held in between.
     fp = None
     seen = []
     for step in range(0, 260, 10):
         fp = next_fingerprint(fp, step, 100, float(step))
         seen.append(fp)
     assert seen[0] == (0, 0.0) and seen[9] == (0, 0.0) and seen[10] == (100, 100.0) and seen[-1] == (200, 200.0)
+    assert next_fingerprint((100, 1.0), 105, 100, 2.0) == (100, 1.0)  # an off-grid sample changes nothing
 
     model = nn.Linear(2, 2)
     inner, hooked, compiled = unwrap(torch.nn.DataParallel(model))
     assert inner is model and hooked is model and not compiled
+
+
+def test_grid_steps_are_sampled_under_an_adaptive_schedule():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with agent.attach(model, opt, port=None, sample_every=7, overhead_budget=0.05, fingerprint_every=10) as monitor:
+        sampled = []
+        task = Teacher()
+        for _ in range(31):
+            sampled.append(monitor._sampled)
+            x, y = task.batch()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        assert all(sampled[s] for s in (0, 10, 20, 30))  # on every rank alike
+        assert monitor.fingerprint[0] == 30

@@ -8,24 +8,48 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .models import Workload
 
-ARMS = ("plain", "agent", "agent_all", "wandb_1", "wandb_100", "naive")
+ARMS = ("plain", "agent", "agent_all", "agent_budget", "wandb_1", "wandb_100", "naive")
 """Arm names, in the order they appear in tables."""
 
 LABELS = {
     "plain": "plain loop",
     "agent": "nnwatch defaults",
     "agent_all": "nnwatch, everything every step",
+    "agent_budget": "nnwatch, overhead_budget=0.01",
     "wandb_1": 'wandb.watch(log="all", log_freq=1)',
     "wandb_100": 'wandb.watch(log="all", log_freq=100)',
     "naive": "naive .norm().item() per parameter",
 }
+
+
+class PausableClock:
+    """perf_counter minus the time spent paused: the agent's step timer sees only its own arm's steps."""
+
+    def __init__(self) -> None:
+        self._paused_total = 0.0
+        self._paused_at: float | None = None
+
+    def __call__(self) -> float:
+        now = time.perf_counter()
+        at = self._paused_at if self._paused_at is not None else now
+        return at - self._paused_total
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._paused_total += time.perf_counter() - self._paused_at
+            self._paused_at = None
 
 
 class Arm:
@@ -42,6 +66,7 @@ class Arm:
         self.monitor: Any = None
         self.after_backward: Callable[[], None] | None = None
         self.norms: dict[str, float] = {}
+        self.clock = PausableClock()
 
     def step(self) -> None:
         x, y = self.data[self.k % len(self.data)]
@@ -92,7 +117,7 @@ class Peers:
 
     def close(self) -> None:
         if self.run is not None:
-            self.run.finish(quiet=True)
+            self.run.finish()
             self.run = None
         if self._dir is not None:
             self._dir.cleanup()
@@ -108,17 +133,28 @@ def have_wandb() -> bool:
     return True
 
 
+AGENT_OPTIONS: dict[str, dict[str, Any]] = {
+    "agent": {},
+    "agent_all": {"sample_every": 1},
+    "agent_budget": {"overhead_budget": 0.01},
+}
+"""Options of each agent arm on top of ``port=None`` (everything else: the defaults)."""
+
+
+def _attach(arm: Arm, **options: Any) -> Any:
+    # What agent.attach(model, opt, port=None, **options) builds, with the arm's pausable clock, so that
+    # time spent running the other arms between blocks does not count as this arm's step time.
+    from agent.config import Options
+    from agent.monitor import Monitor
+
+    return Monitor(arm.model, arm.opt, Options.resolve(port=None, **options), clock=arm.clock, serve=False)
+
+
 def make_arm(name: str, workload: Workload, peers: Peers) -> Arm:
     """Build arm ``name`` (see ARMS) on a fresh copy of the workload's model."""
     arm = Arm(name, workload)
-    if name == "agent":
-        import agent
-
-        arm.monitor = agent.attach(arm.model, arm.opt, port=None)
-    elif name == "agent_all":
-        import agent
-
-        arm.monitor = agent.attach(arm.model, arm.opt, port=None, sample_every=1)
+    if name in AGENT_OPTIONS:
+        arm.monitor = _attach(arm, **AGENT_OPTIONS[name])
     elif name in ("wandb_1", "wandb_100"):
         peers.watch(arm.model, 1 if name == "wandb_1" else 100)
     elif name == "naive":
@@ -144,4 +180,4 @@ def release(arm: Arm, peers: Peers) -> None:
         peers.unwatch(arm.model)
 
 
-__all__ = ["ARMS", "LABELS", "Arm", "Peers", "make_arm", "release", "have_wandb", "Tensor"]
+__all__ = ["ARMS", "LABELS", "AGENT_OPTIONS", "Arm", "Peers", "make_arm", "release", "have_wandb"]

@@ -35,6 +35,8 @@ class OverheadResult:
     """arm -> slowest single step seen (logging spikes)."""
     agent_share: dict[str, float] = field(default_factory=dict)
     """agent arm -> the agent's own measure of its time on the training thread / step time."""
+    interval: dict[str, int] = field(default_factory=dict)
+    """agent arm -> sampling interval at the end (the adapted one for the budget arm)."""
     load: tuple[float, float] = (0.0, 0.0)
     """1-minute load average before and after."""
 
@@ -64,12 +66,15 @@ class OverheadResult:
 def _timed_block(arm: Arm, steps: int) -> tuple[float, float]:
     clock = time.perf_counter
     slowest = 0.0
+    arm.clock.resume()
     start = clock()
     for _ in range(steps):
         t0 = clock()
         arm.step()
         slowest = max(slowest, clock() - t0)
-    return (clock() - start) / steps, slowest
+    elapsed = clock() - start
+    arm.clock.pause()
+    return elapsed / steps, slowest
 
 
 def run_overhead(
@@ -87,6 +92,8 @@ def run_overhead(
         raise ValueError("the plain loop is the reference: include 'plain' in arms")
     peers = Peers()
     built = [make_arm(name, workload, peers) for name in arms]
+    for arm in built:
+        arm.clock.pause()
     params = sum(p.numel() for p in built[0].model.parameters())
     result = OverheadResult(workload.name, workload.family, workload.size, params, block)
     result.load = (os.getloadavg()[0], 0.0)
@@ -114,6 +121,7 @@ def run_overhead(
                 g0, s0 = marks[a.name]
                 g1, s1 = a.monitor.guard.seconds, a.monitor.step_seconds_total
                 result.agent_share[a.name] = (g1 - g0) / (s1 - s0) if s1 > s0 else float("nan")
+                result.interval[a.name] = a.monitor.schedule.interval
     finally:
         for arm in built:
             release(arm, peers)

@@ -1,0 +1,108 @@
+"""Run the benchmarks and write docs/benchmarks.md and docs/benchmarks.png.
+
+    python -m benchmarks.run            # full: 3 families x 1M..64M parameters, ~15 minutes
+    python -m benchmarks.run --quick    # 3 families at 1M, short scaling sweep, ~2 minutes
+
+Full runs write into docs/ (the committed results); quick runs into benchmarks/out/ unless --out is
+given. Raw results go to <out>/benchmarks.json; ``python -m benchmarks.report`` re-renders them.
+The wandb peers need ``pip install -r benchmarks/requirements.txt``; without it they are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import torch  # noqa: E402
+
+from . import report  # noqa: E402
+from .arms import ARMS, have_wandb  # noqa: E402
+from .floor import measure_floor  # noqa: E402
+from .machine import describe  # noqa: E402
+from .models import FAMILIES, SIZES, workload  # noqa: E402
+from .overhead import run_overhead  # noqa: E402
+from .scaling import memory_point, render_point  # noqa: E402
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1M models only, short budgets (~2 minutes)")
+    p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: mlp,cnn,transformer")
+    p.add_argument("--sizes", default=None, help=f"comma-separated from {','.join(SIZES)} (default: all; --quick: 1M)")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (plain is always included)")
+    p.add_argument("--budget", type=float, default=None, help="seconds per model for the interleaved rounds")
+    p.add_argument("--layers", default=None, help="comma-separated layer counts for the /metrics sweep")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--out", default=None, help="directory for benchmarks.md/.png/.json (default: docs, --quick: benchmarks/out)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.getLogger("nnwatch").setLevel(logging.ERROR)  # findings on toy data are not the point here
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    families = [f for f in args.families.split(",") if f]
+    sizes = (args.sizes or ("1M" if quick else ",".join(SIZES))).split(",")
+    arms = tuple(dict.fromkeys(["plain", *[a for a in args.arms.split(",") if a]]))
+    notes: list[str] = []
+    if not have_wandb():
+        arms = tuple(a for a in arms if not a.startswith("wandb"))
+        notes.append("- wandb is not installed here: its arms were left out (`pip install -r benchmarks/requirements.txt`).")
+    budget = args.budget if args.budget is not None else (12.0 if quick else 40.0)
+    layers = [int(x) for x in (args.layers or ("10,250" if quick else "10,50,100,200,250,500,1000")).split(",")]
+    out = Path(args.out) if args.out else Path("benchmarks/out" if quick else "docs")
+
+    started = time.time()
+    load0 = os.getloadavg()[0]
+    command = "python -m benchmarks.run" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    print(f"nnwatch benchmarks ({'quick' if quick else 'full'}): {len(families) * len(sizes)} models, arms {', '.join(arms)}", flush=True)
+    results: dict[str, Any] = {"machine": describe(), "mode": "quick" if quick else "full", "command": command.strip(),
+                               "started": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+                               "overhead": [], "floor": [], "render": [], "memory": [], "notes": notes}
+
+    print("step-time overhead (median ratio to the plain loop):", flush=True)
+    for size in sizes:
+        for family in families:
+            results["overhead"].append(run_overhead(workload(family, size), arms, budget_s=budget,
+                                                    min_rounds=5 if not quick else 4))
+    print("memory-bandwidth floor and statistic kernels:", flush=True)
+    for size in sizes:
+        for family in families:
+            f = measure_floor(workload(family, size), reps=8 if quick else 15)
+            results["floor"].append(f)
+            print(f"  {f.workload:16s} floor {1000 * f.floor:7.3f} ms ({f.gb_per_s:4.0f} GB/s)  norms {f.norms_ratio:.2f}x  "
+                  f"update {f.update_ratio:.2f}x", flush=True)
+    print("/metrics and per-sample work vs layers:", flush=True)
+    for n in layers:
+        r = render_point(n, renders=10 if quick else 25, scrape=n in (250, max(layers)))
+        results["render"].append(r)
+        print(f"  {n:5d} layers: {r.series:5d} series, render {1000 * r.render_median:.1f} ms, "
+              f"agent {1000 * r.sample_seconds:.1f} ms per sampled step", flush=True)
+    print("agent memory:", flush=True)
+    for family in families:
+        mp = memory_point(workload(family, sizes[-1]))
+        results["memory"].append(mp)
+        print(f"  {mp.workload:16s} copy {mp.copy_bytes / 2**20:.1f} MiB, activation state {mp.activation_state_bytes / 1024:.1f} KiB", flush=True)
+
+    results["duration_s"] = time.time() - started
+    results["load"] = [load0, os.getloadavg()[0]]
+    report.dump(results, out / "benchmarks.json")
+    md, png = report.write(results, out)
+    print(f"wrote {md}, {png} and {out / 'benchmarks.json'} in {results['duration_s'] / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

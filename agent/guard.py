@@ -28,19 +28,35 @@ class Guard:
         self.seconds = 0.0
         self._clock = clock
         self._lock = threading.Lock()
+        self._depth = 0  # > 0 inside a timed window: nested calls must not count their time again
+
+    def enter(self, t0: float) -> float:
+        """Open a timed window (a hook timing itself) starting at ``t0``; returns ``t0``. Guarded calls
+        inside it are not timed again. Close it with ``leave``."""
+        self._depth += 1
+        return t0
+
+    def leave(self, seconds: float) -> None:
+        """Close the window opened by ``enter`` and count its ``seconds`` as agent time."""
+        self._depth -= 1
+        self.seconds += seconds
 
     def call(self, probe: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run ``fn``; on an exception count it, log it (once per probe) and return None."""
         if probe in self.disabled:
             return None
-        t0 = self._clock()
+        timed = self._depth == 0
+        t0 = self._clock() if timed else 0.0
+        self._depth += 1
         try:
             return fn(*args, **kwargs)
         except Exception:  # noqa: BLE001 - the job must survive any agent bug
             self.failed(probe)
             return None
         finally:
-            self.seconds += self._clock() - t0
+            self._depth -= 1
+            if timed:
+                self.seconds += self._clock() - t0
 
     def failed(self, probe: str) -> None:
         """Record a failure of ``probe`` from inside an ``except`` block."""

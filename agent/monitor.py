@@ -221,13 +221,13 @@ class Monitor:
                 self._explicit_step_warned = True
                 log.info("nnwatch: step() ignored: step boundaries come from the attached optimizer")
             return
-        t0 = self._clock()
+        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:
             if self._sampled:
                 self.guard.call("gradients", self._capture_gradients)
             self._boundary()
         finally:
-            self.guard.seconds += self._clock() - t0
+            self.guard.leave(self._clock() - t0)
 
     def watch_scaler(self, scaler: Any) -> None:
         """Follow a ``torch.amp.GradScaler``: the steps it skips count as steps, and the inf/NaN gradients of
@@ -300,7 +300,7 @@ class Monitor:
             return None
         if torch._C._current_graph_task_id() != -1:  # inside backward: activation checkpointing recomputes
             return None
-        t0 = self._clock()
+        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:
             if torch.is_grad_enabled():
                 batch = _batch_size(args, kwargs)
@@ -317,13 +317,13 @@ class Monitor:
         except Exception:  # noqa: BLE001
             self.guard.failed("forward")
         finally:
-            self.guard.seconds += self._clock() - t0
+            self.guard.leave(self._clock() - t0)
         return None
 
     def _on_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
             return None
-        t0 = self._clock()
+        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:
             if self._forward_started is not None:
                 self.forward_seconds_total += t0 - self._forward_started
@@ -339,7 +339,7 @@ class Monitor:
         except Exception:  # noqa: BLE001
             self.guard.failed("forward")
         finally:
-            self.guard.seconds += self._clock() - t0
+            self.guard.leave(self._clock() - t0)
         return None
 
     def _on_backward_start(self, grad: Tensor) -> None:
@@ -359,18 +359,18 @@ class Monitor:
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._sampled:
-            t0 = self._clock()
+            t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
             # With a closure (LBFGS, Lightning) backward runs inside step(): read gradients after it.
             self._grads_after_step = bool(args and args[0] is not None) or (kwargs or {}).get("closure") is not None
             if not self._grads_after_step:
                 self.guard.call("gradients", self._capture_gradients)
             if self.options.update_ratios:
                 self.guard.call("update_ratio", self._copy_weights, self._optimizer_param_ids(optimizer))
-            self.guard.seconds += self._clock() - t0
+            self.guard.leave(self._clock() - t0)
         return None
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        t0 = self._clock()
+        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:
             if self._grads_after_step:
                 self._grads_after_step = False
@@ -379,7 +379,7 @@ class Monitor:
         except Exception:  # noqa: BLE001
             self.guard.failed("step")
         finally:
-            self.guard.seconds += self._clock() - t0
+            self.guard.leave(self._clock() - t0)
         return None
 
     def _on_amp_skip(self, optimizer: Any) -> None:
@@ -387,7 +387,7 @@ class Monitor:
         skips is sampled and checked. Without an attached optimizer, boundaries come from step()."""
         if self._opt_ref is None or optimizer is not self._opt_ref():
             return
-        t0 = self._clock()
+        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:
             if self._sampled:
                 self.guard.call("gradients", self._capture_gradients)
@@ -395,7 +395,7 @@ class Monitor:
         except Exception:  # noqa: BLE001
             self.guard.failed("step")
         finally:
-            self.guard.seconds += self._clock() - t0
+            self.guard.leave(self._clock() - t0)
 
     # -- sampled-step work -------------------------------------------------------------------------
     def _trainable(self) -> list[tuple[int, _Param]]:

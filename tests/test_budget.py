@@ -149,3 +149,26 @@ def test_without_a_budget_the_interval_is_fixed():
     assert mon.sampled_steps == 4 and mon.schedule.interval == 5
     assert _gauge(mon, "nnwatch_sample_interval_steps") == 5
     mon.close()
+
+
+def test_agent_time_counts_nested_guarded_work_once():
+    from agent.guard import Guard
+
+    now = [0.0]
+    guard = Guard(clock=lambda: now[0])
+
+    def work() -> None:
+        now[0] += 1.0
+
+    guard.call("alone", work)  # outside any window: timed by the call
+    assert guard.seconds == 1.0
+    t0 = guard.enter(now[0])  # a hook timing itself
+    guard.call("inside", work)  # not timed again
+    now[0] += 0.5
+    guard.leave(now[0] - t0)
+    assert guard.seconds == 2.5
+    guard.call("failing", lambda: 1 / 0)  # failures still leave the depth balanced
+    t0 = guard.enter(now[0])
+    guard.call("inside", work)
+    guard.leave(now[0] - t0)
+    assert guard.seconds == 3.5 and guard.errors["failing"] == 1

@@ -67,7 +67,7 @@ def _spec_for(name: str, args: tuple, kwargs: dict) -> ActivationSpec | None:
 class _SiteState:
     """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
 
-    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite", "elements")
+    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite")
 
     def __init__(self, kind: str, spec: ActivationSpec) -> None:
         self.kind = kind
@@ -77,8 +77,7 @@ class _SiteState:
         self.seen = 0  # forward passes observed so far (the dead window counts these)
         self.sat: list[Tensor] = []
         self.numel = 0
-        self.nonfinite: list[Tensor] = []  # finite-element counts per call (non-finite = elements - finite)
-        self.elements = 0
+        self.nonfinite: list[Tensor] = []
 
 
 class _Mode(TorchFunctionMode):
@@ -87,15 +86,37 @@ class _Mode(TorchFunctionMode):
         self.probe = probe
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
+        if kwargs is None:
+            kwargs = {}
         out = func(*args, **kwargs)
-        name = getattr(func, "__name__", None)
+        # Every torch call of the forward lands here (attribute reads included): the common answer,
+        # "not an activation", must be one dict lookup.
+        try:
+            name = _ACTIVATION_NAME.get(func, _UNKNOWN)
+        except TypeError:  # an unhashable callable: never an activation we know
+            return out
+        if name is _UNKNOWN:
+            name = _activation_name(func)
         if name is not None and isinstance(out, Tensor):
             spec = _spec_for(name, args, kwargs)
             if spec is not None:
                 # The mode is popped while this runs, so our own tensor ops are not intercepted.
                 self.probe.guard_call("activations", self.probe.observe, name.rstrip("_"), spec, out)
         return out
+
+
+_UNKNOWN = object()
+_ACTIVATION_NAME: dict[Any, str | None] = {}
+"""Callable seen by the mode -> its name when it is an activation function, else None (memoised)."""
+
+
+def _activation_name(func: Any) -> str | None:
+    name = getattr(func, "__name__", None)
+    base = name[:-1] if isinstance(name, str) and name.endswith("_") else name
+    found = name if isinstance(name, str) and base in ACTIVATIONS else None
+    if len(_ACTIVATION_NAME) < 4096:  # bounded, though the set of torch callables is small
+        _ACTIVATION_NAME[func] = found
+    return found
 
 
 class ActivationProbe:
@@ -195,36 +216,35 @@ class ActivationProbe:
             if spec.half_width is not None:
                 site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
                 site.numel += x.numel()
-            site.nonfinite.append(_finite_count(x))
-            site.elements += x.numel()
+            site.nonfinite.append(stats.nonfinite_float_count(x))
 
     # -- per sampled step -----------------------------------------------------------------------
     def queue(self, batch: DeviceBatch) -> list[str]:
         """Queue this step's activation statistics for the batched copy; returns the sites queued.
 
-        Per-call values of every site go into one stacked vector each (saturated counts, finite counts),
-        so a sample costs a few tensor ops however many call sites the model has.
+        Per-call values of every site go into one stacked vector each (saturated counts, non-finite
+        counts), so a sample costs a few tensor ops however many call sites the model has.
         """
         keys = sorted(self._observed)
         sat: list[Tensor] = []
-        finite: list[Tensor] = []
+        nonfinite: list[Tensor] = []
         for key in keys:
             site = self.sites[key]
             if site.spec.dead and site.last_alive is not None:
                 threshold = max(0, site.seen - self.dead_window)
                 batch.add(("act_dead", key), (site.last_alive < threshold).sum())  # units; ratio on the host
             sat.extend(site.sat)
-            finite.extend(site.nonfinite)
+            nonfinite.extend(site.nonfinite)
         _add_stacked(batch, "act_sat", sat)
-        _add_stacked(batch, "act_finite", finite)
+        _add_stacked(batch, "act_nonfinite", nonfinite)
         return keys
 
     def results(self, keys: list[str], host: dict) -> tuple[ActivationStats, ...]:
         """Turn fetched host values into ActivationStats and reset the per-step accumulators."""
         out = []
         sat_all = _gather(host, "act_sat")
-        finite_all = _gather(host, "act_finite")
-        sat_pos = finite_pos = 0
+        nonfinite_all = _gather(host, "act_nonfinite")
+        sat_pos = nonfinite_pos = 0
         for key in keys:
             site = self.sites[key]
             dead_units = host.get(("act_dead", key))
@@ -235,12 +255,11 @@ class ActivationProbe:
                 sat_pos += len(site.sat)
                 if site.numel:
                     sat_ratio = sat / site.numel if sat == sat else None  # NaN input: unknown
-            finite = math.fsum(finite_all[finite_pos : finite_pos + len(site.nonfinite)])
-            finite_pos += len(site.nonfinite)
-            nonfinite = max(0, round(site.elements - finite)) if finite == finite else site.elements
+            nonfinite = round(math.fsum(nonfinite_all[nonfinite_pos : nonfinite_pos + len(site.nonfinite)]))
+            nonfinite_pos += len(site.nonfinite)
             out.append(ActivationStats(key=key, kind=site.kind, units=site.units, dead_ratio=dead,
                                        saturated_ratio=sat_ratio, nonfinite=nonfinite))
-            site.sat, site.numel, site.nonfinite, site.elements = [], 0, [], 0
+            site.sat, site.numel, site.nonfinite = [], 0, []
         self._observed = set()
         return tuple(out)
 
@@ -248,17 +267,8 @@ class ActivationProbe:
         """Drop accumulators of a sampled step that produced no sample (e.g. a skipped optimizer step)."""
         for key in self._observed:
             site = self.sites[key]
-            site.sat, site.numel, site.nonfinite, site.elements = [], 0, [], 0
+            site.sat, site.numel, site.nonfinite = [], 0, []
         self._observed = set()
-
-
-def _finite_count(x: Tensor) -> Tensor:
-    """Finite elements of ``x`` as a float 0-d tensor, with float reductions only (see stats.nonfinite_count);
-    the non-finite count is ``numel - finite``, taken on the host where numel is known."""
-    if not x.is_floating_point():
-        return torch.full((), float(x.numel()), device=x.device)
-    acc = torch.float32 if x.numel() < 2**24 or x.device.type == "mps" else torch.float64
-    return torch.nansum(torch.mul(x, 0).exp_(), dtype=acc)
 
 
 def _add_stacked(batch: DeviceBatch, key: str, values: list[Tensor]) -> None:

@@ -99,7 +99,7 @@ CHECKS: tuple[Check, ...] = (
         description="layer {module}: RMS gradient {value:.2e}, gradient/weight norm ratio {ratio:.2e} since step {since}",
         advice="use ReLU-family activations or residual connections, normalisation layers, a proper init "
                "(Kaiming/Xavier), or a higher learning rate for early layers",
-        thresholds={"rms": 1e-7, "relative": 1e-6}, hold=3, warmup=2, prometheus_for="15m",
+        thresholds={"rms": 1e-9, "relative": 1e-7}, hold=5, warmup=5, prometheus_for="15m",
         seed="003 (very small gradients lead to vanishing gradients)",
     ),
     _c(

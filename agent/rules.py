@@ -32,7 +32,7 @@ PROMETHEUS_PARAMS: Mapping[str, tuple[Value, str]] = MappingProxyType({
 """Parameters of catalogue checks that only the Prometheus rules use (the agent counts samples, PromQL time)."""
 
 FLEET_PARAMS: Mapping[str, tuple[Value, str]] = MappingProxyType({
-    "rank_desync.tolerance": (1e-3, "relative deviation of a rank's global weight norm from the median of its ranks"),
+    "rank_desync.tolerance": (1e-3, "relative deviation of a rank's weight fingerprint from the median of its ranks"),
     "straggler_rank.factor": (1.5, "a rank's mean step time above this multiple of the median of its ranks"),
     "throughput_drop.ratio": (0.5, "steps or samples per second below this share of their own median"),
     "throughput_drop.window": ("1h", "range of the median that throughput is compared with"),
@@ -284,7 +284,8 @@ def _vs_median(c: RulesConfig, series: str) -> str:
 
 
 def _rank_desync(c: RulesConfig) -> str:
-    s = c.m("nnwatch_global_weight_norm", 'rank!=""')
+    # The fingerprint is taken at the same step on every rank; latest norms are not (scrapes are not steps).
+    s = c.m("nnwatch_weight_fingerprint", 'rank!=""')
     return f"abs({s}\n  - {_vs_median(c, s)})\n/ {_vs_median(c, s)}\n> {c.param('rank_desync.tolerance')}"
 
 
@@ -324,9 +325,9 @@ def _fleet_rules() -> list[Rule]:
              value="{{ $value }}"),
         Rule("NNWatchRankDesync", "NNWatchRankDesync", "warning", "The weights of distributed ranks differ.",
              "10m", _rank_desync,
-             lambda c: f"the global weight norm of {WHERE} deviates {pct} from the median of the ranks of its run.",
-             "raw: nnwatch_global_weight_norm of every rank (a fingerprint of the replica) against the median of "
-             "the ranks of the same run (run_labels).", value=pct),
+             lambda c: f"the weight fingerprint of {WHERE} deviates {pct} from the median of the ranks of its run.",
+             "raw: nnwatch_weight_fingerprint of every rank (the global weight norm taken at the same step on every "
+             "rank) against the median of the ranks of the same run (run_labels).", value=pct),
         Rule("NNWatchStragglerRank", "NNWatchStragglerRank", "warning", "One rank is much slower than the others.",
              "15m", _straggler,
              lambda c: f"{WHERE} needs {{{{ $value | humanizeDuration }}}} per step for its own work, over "

@@ -144,11 +144,12 @@ def test_exploding_gradients_against_rolling_median_and_absolute():
 def test_vanishing_gradients_needs_the_rest_of_the_model_to_learn():
     eng, rec = engine()
     mon = fake_monitor()
-    for i in range(6):
+    c = BY_NAME["vanishing_gradients"]
+    for i in range(c.warmup + c.hold):
         eng.evaluate(snap(i, layers=(layer("early", grad=1e-9), layer("late", grad=0.1))), mon)
     assert [e[2] for e in rec.events if e[1] == "vanishing_gradients"] == ["early"]
     eng2, rec2 = engine()
-    for i in range(6):  # everything tiny: a converged model, not vanishing
+    for i in range(c.warmup + c.hold):  # everything tiny: a converged model, not vanishing
         eng2.evaluate(snap(i, layers=(layer("a", grad=1e-9), layer("b", grad=1e-9))), mon)
     assert not any(e[1] == "vanishing_gradients" for e in rec2.events)
 

@@ -23,6 +23,18 @@ def require_binary(name: str) -> str:
     return path
 
 
+def require_module(name: str):
+    """Import an optional test dependency; skips outside CI, fails in CI (requirements-test.txt installs it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"{name} is not importable ({exc}); requirements-test.txt must install it")
+        pytest.skip(f"{name} not installed", allow_module_level=True)
+
+
 class SmallMLP(nn.Module):
     """An MLP whose activations are functional (no activation modules), like many real models."""
 

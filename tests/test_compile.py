@@ -11,8 +11,8 @@ from torch import nn
 import agent
 from tests.setups.tasks import Teacher
 
-dynamo = pytest.importorskip("torch._dynamo")
-from torch._dynamo.utils import counters  # noqa: E402
+import torch._dynamo as dynamo
+from torch._dynamo.utils import counters
 
 
 def _model() -> nn.Module:

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+from tests.helpers import require_module
+
+transformers = require_module("transformers")
+require_module("accelerate")
 
 from agent.integrations.hf import NNWatchHFCallback  # noqa: E402
 

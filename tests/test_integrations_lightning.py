@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-pl = pytest.importorskip("lightning.pytorch")
+from tests.helpers import require_module
+
+pl = require_module("lightning.pytorch")
 
 from agent.integrations.lightning import NNWatchCallback  # noqa: E402
 from tests.setups.tasks import Teacher  # noqa: E402

@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 COMMAND_MODULES = ("agent.demo", "agent.rules", "agent.stack", "agent.dashboards")
@@ -26,17 +27,20 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def generators() -> list[Callable[[Path], list[Path]]]:
+def _modules(names: tuple[str, ...]) -> list[ModuleType]:
+    """Import the named modules, skipping those that do not exist (a missing dependency still raises)."""
     out = []
-    for name in GENERATOR_MODULES:
+    for name in names:
         try:
-            mod = importlib.import_module(name)
+            out.append(importlib.import_module(name))
         except ModuleNotFoundError as exc:
             if exc.name != name:
                 raise
-            continue
-        out.append(mod.generate)
     return out
+
+
+def generators() -> list[Callable[[Path], list[Path]]]:
+    return [mod.generate for mod in _modules(GENERATOR_MODULES)]
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -54,13 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="regenerate committed artefacts (alert rules, dashboards, chart copies)")
     gen.add_argument("--root", help="repository root to write into (default: this checkout)")
     gen.set_defaults(func=_generate)
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for mod in _modules(COMMAND_MODULES):
         mod.register(sub)
     return parser
 

@@ -449,17 +449,19 @@ class Monitor:
         batch = DeviceBatch()
         trainable = self._trainable()
         with torch.no_grad():
-            w_sq = stats.squared_norms([p.ref for _, p in trainable])
-            for (i, _), s in zip(trainable, w_sq):
-                batch.add(("w", i), s)
+            # Weights with a copy from before the step get their norm and their update's norm from one
+            # fused pass (stats.update_squared_norms); the others just their norm.
+            idx = [i for i, _ in self._weight_copy]
+            upd, w_copied = stats.update_squared_norms([self._params[i].ref for i in idx], [c for _, c in self._weight_copy])
+            w_sq = dict(zip(idx, w_copied))
+            rest = [(i, p) for i, p in trainable if i not in w_sq]
+            w_sq.update(zip([i for i, _ in rest], stats.squared_norms([p.ref for _, p in rest])))
+            for i, _ in trainable:
+                batch.add(("w", i), w_sq[i])
             for i, s in self._grad_sq.items():
                 batch.add(("g", i), s)
-            if self._weight_copy:
-                idx = [i for i, _ in self._weight_copy]
-                upd = stats.difference_squared_norms([self._params[i].ref for i in idx], [c for _, c in self._weight_copy],
-                                                     overwrite_old=True)  # the copy is our scratch buffer
-                for i, s in zip(idx, upd):
-                    batch.add(("u", i), s)
+            for i, s in zip(idx, upd):
+                batch.add(("u", i), s)
             self._weight_copy = []
             if self._pending_losses:
                 losses = _stack_scalars(self._pending_losses)

@@ -111,6 +111,49 @@ def difference_squared_norms(new: Sequence[Tensor], old: Sequence[Tensor], *, ov
     return squared_norms(torch._foreach_sub(cur, prev))
 
 
+_CHUNK = 1 << 18
+"""Elements per chunk of the fused update kernel: 1 MiB of float32, so a chunk of weights and its
+difference stay in L2 between the subtraction and the two dot products."""
+
+
+def update_squared_norms(new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """``(||new_i - old_i||^2, ||new_i||^2)`` for each pair (float32 0-d tensors): an optimizer update and
+    the weights after it, e.g. for update ratios.
+
+    On CPU each tensor is walked in L2-sized chunks: the difference goes to a small reused scratch
+    buffer and both dot products read from cache, so main memory sees one read of ``new`` and one of
+    ``old`` (8 bytes per float32 element) instead of the 20 of subtract-then-norm. Elsewhere:
+    ``_foreach_sub`` and ``squared_norms``. Inputs are not modified.
+    """
+    cur = [local_values(n.detach()) for n in new]
+    prev = [local_values(o.detach()) for o in old]
+    upd: list[Tensor | None] = [None] * len(cur)
+    wsq: list[Tensor | None] = [None] * len(cur)
+    fused = [k for k, (a, b) in enumerate(zip(cur, prev))
+             if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype
+             and b.device == a.device and a.numel() == b.numel()]
+    rest = sorted(set(range(len(cur))) - set(fused))
+    scratch = {dt: torch.empty(min(_CHUNK, max(cur[k].numel() for k in fused if cur[k].dtype == dt)), dtype=dt)
+               for dt in {cur[k].dtype for k in fused}}
+    for k in fused:
+        fa, fb, tmp = cur[k].reshape(-1), prev[k].reshape(-1), scratch[cur[k].dtype]
+        d, s = [], []
+        for i in range(0, fa.numel(), _CHUNK):
+            x = fa[i : i + _CHUNK]
+            t = torch.sub(x, fb[i : i + _CHUNK], out=tmp[: x.numel()])
+            d.append(torch.dot(t, t))
+            s.append(torch.dot(x, x))
+        if not d:  # an empty tensor
+            d = s = [torch.zeros((), dtype=fa.dtype)]
+        upd[k] = (d[0] if len(d) == 1 else torch.stack(d).sum()).float()
+        wsq[k] = (s[0] if len(s) == 1 else torch.stack(s).sum()).float()
+    if rest:
+        diffs = torch._foreach_sub([cur[k] for k in rest], [prev[k] for k in rest])
+        for k, u, w in zip(rest, squared_norms(diffs), squared_norms([cur[k] for k in rest])):
+            upd[k], wsq[k] = u, w
+    return upd, wsq  # type: ignore[return-value]
+
+
 def unit_dims(ndim: int) -> tuple[int, ...]:
     """Dimensions reduced to get per-unit statistics of an activation output.
 
@@ -166,6 +209,7 @@ __all__ = [
     "nonfinite_count",
     "nonfinite_float_count",
     "difference_squared_norms",
+    "update_squared_norms",
     "unit_dims",
     "unit_axis",
     "alive_units",

@@ -2,7 +2,9 @@
 
 Each ``Workload`` builds a fresh model from a seed and a small fixed set of batches, so every arm of a
 comparison trains the same network on the same data. Sizes are named by their parameter count in
-millions; batch sizes are small because the benchmark machine is a 2-core CPU.
+millions. Batch sizes are small (the benchmark machine is a 2-core CPU) but large enough that the step is
+dominated by forward/backward compute rather than by the optimizer's pass over the weights, as in real
+training; docs/benchmarks.md gives the agent's cost per sampled step so other step times can be judged.
 """
 
 from __future__ import annotations
@@ -118,11 +120,11 @@ def _token_batches(batch: int, seq: int, vocab: int = 1024, n: int = 4) -> Calla
     return make
 
 
-_MLP = {"1M": (512, 64), "4M": (1024, 64), "16M": (2048, 32), "64M": (4096, 16)}
+_MLP = {"1M": (512, 256), "4M": (1024, 128), "16M": (2048, 64), "64M": (4096, 32)}
 """size -> (width, batch); four layers of width x width, ~ 4 * width^2 parameters."""
-_CNN = {"1M": (32, 8), "4M": (64, 8), "16M": (128, 4), "64M": (240, 2)}
+_CNN = {"1M": (32, 16), "4M": (64, 16), "16M": (128, 8), "64M": (240, 4)}
 """size -> (base channels c, batch) on 16x16 inputs; ~ 1150 * c^2 parameters."""
-_TRANSFORMER = {"1M": (128, 4, 8), "4M": (256, 4, 4), "16M": (512, 5, 4), "64M": (768, 9, 2)}
+_TRANSFORMER = {"1M": (128, 4, 8), "4M": (256, 4, 8), "16M": (512, 5, 8), "64M": (768, 9, 4)}
 """size -> (d_model, layers, batch) at sequence length 64; ~ 12 * d^2 per layer + embeddings."""
 
 SIZES = ("1M", "4M", "16M", "64M")

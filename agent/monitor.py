@@ -452,7 +452,8 @@ class Monitor:
             # Weights with a copy from before the step get their norm and their update's norm from one
             # fused pass (stats.update_squared_norms); the others just their norm.
             idx = [i for i, _ in self._weight_copy]
-            upd, w_copied = stats.update_squared_norms([self._params[i].ref for i in idx], [c for _, c in self._weight_copy])
+            upd, w_copied = stats.update_squared_norms([self._params[i].ref for i in idx], [c for _, c in self._weight_copy],
+                                                       overwrite_old=True)  # the copies are our scratch buffers
             w_sq = dict(zip(idx, w_copied))
             rest = [(i, p) for i, p in trainable if i not in w_sq]
             w_sq.update(zip([i for i, _ in rest], stats.squared_norms([p.ref for _, p in rest])))

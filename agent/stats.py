@@ -46,30 +46,32 @@ def squared_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
     """
     if torch.is_grad_enabled():  # callers use no_grad; detach only when they did not
         tensors = [t.detach() for t in tensors]
-    tensors = [local_values(t) for t in tensors]
     out: list[Tensor | None] = [None] * len(tensors)
-    for (device, dtype), idx in _groups(tensors).items():
-        group = [tensors[i] for i in idx]
-        if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+    rest: list[Tensor] = []
+    rest_idx: list[int] = []
+    for i, t in enumerate(tensors):
+        t = local_values(t)
+        if t.is_cpu and t.dtype in _CPU_DOT:
             # One BLAS dot per tensor reads it once at the memory-bandwidth floor, with no sqrt/square
             # round trip, and beats _foreach_norm below ~16M parameters (DESIGN.md, measured).
-            norms = [_dot_self(g) for g in group]
-            if dtype == torch.float64:
-                norms = [n.float() for n in norms]
+            flat = t.reshape(-1)  # a view for contiguous tensors; a copy only for non-contiguous ones
+            sq = torch.dot(flat, flat)
+            out[i] = sq if t.dtype is torch.float32 else sq.float()
         else:
-            try:
-                roots = torch._foreach_norm(group, 2, dtype=torch.float32)
-            except (RuntimeError, TypeError):  # older torch / exotic dtype: per-tensor fallback
-                roots = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in group]
-            norms = list(torch._foreach_mul(roots, roots))  # one launch for the whole group
-        for i, n in zip(idx, norms):
-            out[i] = n
+            rest.append(t)
+            rest_idx.append(i)
+    for (device, dtype), idx in _groups(rest).items():
+        group = [rest[k] for k in idx]
+        try:
+            roots = torch._foreach_norm(group, 2, dtype=torch.float32)
+        except (RuntimeError, TypeError):  # older torch / exotic dtype: per-tensor fallback
+            roots = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in group]
+        for k, sq in zip(idx, torch._foreach_mul(roots, roots)):  # one launch for the whole group
+            out[rest_idx[k]] = sq
     return out  # type: ignore[return-value]
 
 
-def _dot_self(t: Tensor) -> Tensor:
-    flat = t.reshape(-1)  # a view for contiguous tensors; a copy only for non-contiguous ones
-    return torch.dot(flat, flat)
+_CPU_DOT = (torch.float32, torch.float64)
 
 
 def nonfinite_count(t: Tensor) -> Tensor:
@@ -116,22 +118,26 @@ _CHUNK = 1 << 18
 difference stay in L2 between the subtraction and the two dot products."""
 
 
-def update_squared_norms(new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+def update_squared_norms(new: Sequence[Tensor], old: Sequence[Tensor], *,
+                         overwrite_old: bool = False) -> tuple[list[Tensor], list[Tensor]]:
     """``(||new_i - old_i||^2, ||new_i||^2)`` for each pair (float32 0-d tensors): an optimizer update and
     the weights after it, e.g. for update ratios.
 
     On CPU each tensor is walked in L2-sized chunks: the difference goes to a small reused scratch
     buffer and both dot products read from cache, so main memory sees one read of ``new`` and one of
-    ``old`` (8 bytes per float32 element) instead of the 20 of subtract-then-norm. Elsewhere:
-    ``_foreach_sub`` and ``squared_norms``. Inputs are not modified.
+    ``old`` (8 bytes per float32 element) instead of the 20 of subtract-then-norm. Tensors of one chunk
+    or less, and other devices: ``_foreach_sub`` and ``squared_norms``; with ``overwrite_old=True`` (``old``
+    is a scratch copy the caller owns) that subtraction is done in place, without allocating. Otherwise
+    inputs are not modified.
     """
     cur = [local_values(n.detach()) for n in new]
     prev = [local_values(o.detach()) for o in old]
     upd: list[Tensor | None] = [None] * len(cur)
     wsq: list[Tensor | None] = [None] * len(cur)
+    # Small tensors fit in cache anyway: they go through the plain path, which has fewer calls per tensor.
     fused = [k for k, (a, b) in enumerate(zip(cur, prev))
              if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype
-             and b.device == a.device and a.numel() == b.numel()]
+             and b.device == a.device and a.numel() == b.numel() and a.numel() > _CHUNK]
     rest = sorted(set(range(len(cur))) - set(fused))
     scratch = {dt: torch.empty(min(_CHUNK, max(cur[k].numel() for k in fused if cur[k].dtype == dt)), dtype=dt)
                for dt in {cur[k].dtype for k in fused}}
@@ -143,12 +149,14 @@ def update_squared_norms(new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple[
             t = torch.sub(x, fb[i : i + _CHUNK], out=tmp[: x.numel()])
             d.append(torch.dot(t, t))
             s.append(torch.dot(x, x))
-        if not d:  # an empty tensor
-            d = s = [torch.zeros((), dtype=fa.dtype)]
         upd[k] = (d[0] if len(d) == 1 else torch.stack(d).sum()).float()
         wsq[k] = (s[0] if len(s) == 1 else torch.stack(s).sum()).float()
     if rest:
-        diffs = torch._foreach_sub([cur[k] for k in rest], [prev[k] for k in rest])
+        if overwrite_old:
+            diffs = [prev[k] for k in rest]
+            torch._foreach_sub_(diffs, [cur[k] for k in rest])  # old - new: the same squared norm
+        else:
+            diffs = torch._foreach_sub([cur[k] for k in rest], [prev[k] for k in rest])
         for k, u, w in zip(rest, squared_norms(diffs), squared_norms([cur[k] for k in rest])):
             upd[k], wsq[k] = u, w
     return upd, wsq  # type: ignore[return-value]

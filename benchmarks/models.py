@@ -120,11 +120,11 @@ def _token_batches(batch: int, seq: int, vocab: int = 1024, n: int = 4) -> Calla
     return make
 
 
-_MLP = {"1M": (512, 256), "4M": (1024, 128), "16M": (2048, 64), "64M": (4096, 32)}
+_MLP = {"1M": (512, 1024), "4M": (1024, 512), "16M": (2048, 256), "64M": (4096, 64)}
 """size -> (width, batch); four layers of width x width, ~ 4 * width^2 parameters."""
-_CNN = {"1M": (32, 16), "4M": (64, 16), "16M": (128, 8), "64M": (240, 4)}
+_CNN = {"1M": (32, 32), "4M": (64, 16), "16M": (128, 8), "64M": (240, 4)}
 """size -> (base channels c, batch) on 16x16 inputs; ~ 1150 * c^2 parameters."""
-_TRANSFORMER = {"1M": (128, 4, 8), "4M": (256, 4, 8), "16M": (512, 5, 8), "64M": (768, 9, 4)}
+_TRANSFORMER = {"1M": (128, 4, 16), "4M": (256, 4, 8), "16M": (512, 5, 8), "64M": (768, 9, 4)}
 """size -> (d_model, layers, batch) at sequence length 64; ~ 12 * d^2 per layer + embeddings."""
 
 SIZES = ("1M", "4M", "16M", "64M")

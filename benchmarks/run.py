@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not have_wandb():
         arms = tuple(a for a in arms if not a.startswith("wandb"))
         notes.append("- wandb is not installed here: its arms were left out (`pip install -r benchmarks/requirements.txt`).")
-    budget = args.budget if args.budget is not None else (12.0 if quick else 40.0)
+    budget = args.budget if args.budget is not None else (25.0 if quick else 40.0)
     layers = [int(x) for x in (args.layers or ("10,250" if quick else "10,50,100,200,250,500,1000")).split(",")]
     out = Path(args.out) if args.out else Path("benchmarks/out" if quick else "docs")
 

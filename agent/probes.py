@@ -67,7 +67,7 @@ def _spec_for(name: str, args: tuple, kwargs: dict) -> ActivationSpec | None:
 class _SiteState:
     """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
 
-    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite")
+    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite", "exact")
 
     def __init__(self, kind: str, spec: ActivationSpec) -> None:
         self.kind = kind
@@ -78,6 +78,7 @@ class _SiteState:
         self.sat: list[Tensor] = []
         self.numel = 0
         self.nonfinite: list[Tensor] = []
+        self.exact = False  # count non-finite elements exactly (after a sample found some here)
 
 
 class _Mode(TorchFunctionMode):
@@ -203,8 +204,10 @@ class ActivationProbe:
         self._observed.add(key)
         with torch.no_grad():
             x = out.detach()
+            peak = None
             if spec.dead:
-                alive = stats.alive_units(x)
+                peak = stats.unit_peaks(x)
+                alive = peak > 0
                 if site.last_alive is None or site.last_alive.shape != alive.shape or site.last_alive.device != alive.device:
                     site.last_alive = torch.full(alive.shape, -1, dtype=torch.int64, device=alive.device)
                     site.seen = 0
@@ -216,7 +219,7 @@ class ActivationProbe:
             if spec.half_width is not None:
                 site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
                 site.numel += x.numel()
-            site.nonfinite.append(stats.nonfinite_float_count(x))
+            site.nonfinite.append(_nonfinite(site, fn, x, peak))
 
     # -- per sampled step -----------------------------------------------------------------------
     def queue(self, batch: DeviceBatch) -> list[str]:
@@ -257,6 +260,7 @@ class ActivationProbe:
                     sat_ratio = sat / site.numel if sat == sat else None  # NaN input: unknown
             nonfinite = round(math.fsum(nonfinite_all[nonfinite_pos : nonfinite_pos + len(site.nonfinite)]))
             nonfinite_pos += len(site.nonfinite)
+            site.exact = nonfinite > 0  # count every element from the next sample on, until clean again
             out.append(ActivationStats(key=key, kind=site.kind, units=site.units, dead_ratio=dead,
                                        saturated_ratio=sat_ratio, nonfinite=nonfinite))
             site.sat, site.numel, site.nonfinite = [], 0, []
@@ -269,6 +273,31 @@ class ActivationProbe:
             site = self.sites[key]
             site.sat, site.numel, site.nonfinite = [], 0, []
         self._observed = set()
+
+
+_PASS_NEG_INF = frozenset({"leaky_relu", "prelu", "rrelu"})
+"""ReLU-family functions that map -inf to -inf (the others give NaN, 0 or a constant): their peaks miss it."""
+
+
+def _nonfinite(site: _SiteState, fn: str, x: Tensor, peak: Tensor | None) -> Tensor:
+    """Non-finite elements of one activation output, as a float 0-d tensor.
+
+    Healthy runs pay almost nothing: for the ReLU family the per-unit peaks already computed carry NaN
+    and +inf (amax propagates both), so the count of non-finite peaks is a lower bound that is zero
+    exactly when the output is finite; other activations use one sum. Once a sample finds non-finite
+    values at a site, later samples count its elements exactly (stats.nonfinite_float_count, three passes)
+    until one comes back clean. So the count is exact except on the first sample that goes non-finite,
+    which reports at least one (the number of units affected for the ReLU family).
+    """
+    if site.exact or not x.is_floating_point():
+        return stats.nonfinite_float_count(x)
+    if peak is not None:
+        bad = torch.isfinite(peak).logical_not_()
+        if fn in _PASS_NEG_INF:
+            low = x.amin(dim=stats.unit_dims(x.ndim)) if x.ndim > 1 else x.reshape(-1)
+            bad.logical_or_(torch.isfinite(low).logical_not_())
+        return bad.sum(dtype=torch.float32)
+    return torch.isfinite(x.sum(dtype=torch.float32)).logical_not_().float()  # bounded outputs: no overflow
 
 
 def _add_stacked(batch: DeviceBatch, key: str, values: list[Tensor]) -> None:

@@ -182,17 +182,22 @@ def unit_axis(ndim: int) -> int:
     return 1 if ndim >= 4 else ndim - 1
 
 
+def unit_peaks(out: Tensor) -> Tensor:
+    """Largest value of each unit in this batch (1-D over units, see unit_dims). NaN and +inf propagate,
+    so a finite peak vector also proves every element finite except -inf."""
+    out = out.detach()
+    if out.ndim == 0:
+        return out.reshape(1)
+    dims = unit_dims(out.ndim)
+    return out.amax(dim=dims) if dims else out
+
+
 def alive_units(out: Tensor) -> Tensor:
     """Bool mask over units: True where any element of the unit was positive in this batch.
 
     ``amax > 0`` costs a third of a boolean ``(out > 0).any(dims)`` reduction and gives the same mask.
     """
-    out = out.detach()
-    if out.ndim == 0:
-        return (out > 0).reshape(1)
-    dims = unit_dims(out.ndim)
-    peak = out.amax(dim=dims) if dims else out
-    return peak > 0
+    return unit_peaks(out) > 0
 
 
 def saturated_count(out: Tensor, center: float, half_width: float) -> Tensor:
@@ -220,6 +225,7 @@ __all__ = [
     "update_squared_norms",
     "unit_dims",
     "unit_axis",
+    "unit_peaks",
     "alive_units",
     "saturated_count",
 ]

@@ -207,3 +207,42 @@ def test_fused_update_norms_equal_subtract_then_norm():
     bad[3] = math.nan
     u, w = stats.update_squared_norms([bad], [torch.ones(10)])
     assert math.isnan(float(u[0])) and math.isnan(float(w[0]))
+
+
+@pytest.mark.parametrize("act", [F.relu, F.leaky_relu, torch.tanh])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_activation_non_finite_detected_at_once_and_counted_exactly_from_the_next_sample(act, bad):
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 8)
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return act(self.lin(x))
+
+    model = M()
+    mon = agent.attach(model, None, port=None, sample_every=1, log_findings=False)  # no updates: weights stay finite
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = act(lin(x))
+    assert int((~torch.isfinite(ref)).sum()) == 0
+    counts = []
+    for step in range(4):
+        xb = x.clone()
+        if step in (1, 2):
+            xb[3, :] = bad  # a poisoned row on two consecutive samples
+        model(xb).sum().backward()
+        model.zero_grad(set_to_none=True)
+        mon.step()
+        with torch.no_grad():
+            exact = int((~torch.isfinite(act(lin(xb)))).sum())
+        counts.append((mon.snapshot.nonfinite("activation"), exact))
+    (c0, e0), (c1, e1), (c2, e2), (c3, e3) = counts
+    assert c0 == e0 == 0 and c3 == e3 == 0
+    assert e1 > 0 and e1 == e2
+    assert 1 <= c1 <= e1  # first sample that goes non-finite: detected, a lower bound
+    assert c2 == e2  # from the next sample on: exact
+    mon.close()

@@ -67,7 +67,7 @@ def _spec_for(name: str, args: tuple, kwargs: dict) -> ActivationSpec | None:
 class _SiteState:
     """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
 
-    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite", "exact")
+    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite", "counted", "exact")
 
     def __init__(self, kind: str, spec: ActivationSpec) -> None:
         self.kind = kind
@@ -77,7 +77,8 @@ class _SiteState:
         self.seen = 0  # forward passes observed so far (the dead window counts these)
         self.sat: list[Tensor] = []
         self.numel = 0
-        self.nonfinite: list[Tensor] = []
+        self.nonfinite: list[Tensor] = []  # per call: an exact count, or a detector (a sum) when not `counted`
+        self.counted: list[bool] = []
         self.exact = False  # count non-finite elements exactly (after a sample found some here)
 
 
@@ -220,6 +221,7 @@ class ActivationProbe:
                 site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
                 site.numel += x.numel()
             site.nonfinite.append(_nonfinite(site, fn, x, peak))
+            site.counted.append(site.exact)
 
     # -- per sampled step -----------------------------------------------------------------------
     def queue(self, batch: DeviceBatch) -> list[str]:
@@ -258,12 +260,14 @@ class ActivationProbe:
                 sat_pos += len(site.sat)
                 if site.numel:
                     sat_ratio = sat / site.numel if sat == sat else None  # NaN input: unknown
-            nonfinite = round(math.fsum(nonfinite_all[nonfinite_pos : nonfinite_pos + len(site.nonfinite)]))
+            values = nonfinite_all[nonfinite_pos : nonfinite_pos + len(site.nonfinite)]
             nonfinite_pos += len(site.nonfinite)
+            # An exact count, or a detector sum that is finite exactly when the output was: then at least one.
+            nonfinite = sum(round(v) if counted else (0 if math.isfinite(v) else 1) for v, counted in zip(values, site.counted))
             site.exact = nonfinite > 0  # count every element from the next sample on, until clean again
             out.append(ActivationStats(key=key, kind=site.kind, units=site.units, dead_ratio=dead,
                                        saturated_ratio=sat_ratio, nonfinite=nonfinite))
-            site.sat, site.numel, site.nonfinite = [], 0, []
+            site.sat, site.numel, site.nonfinite, site.counted = [], 0, [], []
         self._observed = set()
         return tuple(out)
 
@@ -271,7 +275,7 @@ class ActivationProbe:
         """Drop accumulators of a sampled step that produced no sample (e.g. a skipped optimizer step)."""
         for key in self._observed:
             site = self.sites[key]
-            site.sat, site.numel, site.nonfinite = [], 0, []
+            site.sat, site.numel, site.nonfinite, site.counted = [], 0, [], []
         self._observed = set()
 
 
@@ -280,24 +284,22 @@ _PASS_NEG_INF = frozenset({"leaky_relu", "prelu", "rrelu"})
 
 
 def _nonfinite(site: _SiteState, fn: str, x: Tensor, peak: Tensor | None) -> Tensor:
-    """Non-finite elements of one activation output, as a float 0-d tensor.
+    """Non-finite elements of one activation output: an exact count, or a cheap detector.
 
     Healthy runs pay almost nothing: for the ReLU family the per-unit peaks already computed carry NaN
-    and +inf (amax propagates both), so the count of non-finite peaks is a lower bound that is zero
-    exactly when the output is finite; other activations use one sum. Once a sample finds non-finite
-    values at a site, later samples count its elements exactly (stats.nonfinite_float_count, three passes)
-    until one comes back clean. So the count is exact except on the first sample that goes non-finite,
-    which reports at least one (the number of units affected for the ReLU family).
+    and +inf (amax propagates both), so their sum is finite exactly when the output is (a -inf, which
+    only the leaky variants pass through, shows in the minimum); bounded activations use one float sum.
+    Once a sample finds non-finite values at a site, later samples count its elements exactly
+    (stats.nonfinite_float_count, three passes) until one comes back clean. The reported count is thus
+    exact except on the first sample that goes non-finite, which reports at least one.
     """
     if site.exact or not x.is_floating_point():
         return stats.nonfinite_float_count(x)
     if peak is not None:
-        bad = torch.isfinite(peak).logical_not_()
         if fn in _PASS_NEG_INF:
-            low = x.amin(dim=stats.unit_dims(x.ndim)) if x.ndim > 1 else x.reshape(-1)
-            bad.logical_or_(torch.isfinite(low).logical_not_())
-        return bad.sum(dtype=torch.float32)
-    return torch.isfinite(x.sum(dtype=torch.float32)).logical_not_().float()  # bounded outputs: no overflow
+            return peak.sum(dtype=torch.float32) + x.amin().float()
+        return peak.sum(dtype=torch.float32)
+    return x.sum(dtype=torch.float32)  # bounded outputs: finite unless an element is NaN
 
 
 def _add_stacked(batch: DeviceBatch, key: str, values: list[Tensor]) -> None:

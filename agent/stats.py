@@ -189,6 +189,10 @@ def unit_peaks(out: Tensor) -> Tensor:
     out = out.detach()
     if out.ndim == 0:
         return out.reshape(1)
+    if out.ndim >= 4 and out[0, 0].numel() <= 64:
+        # Small spatial maps: reducing the contiguous spatial dims first is 2-3x faster than one strided
+        # reduction over (N, H, W) (measured); same values.
+        return out.flatten(2).amax(2).amax(0)
     dims = unit_dims(out.ndim)
     return out.amax(dim=dims) if dims else out
 

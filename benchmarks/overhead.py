@@ -1,7 +1,8 @@
 """Step-time overhead: every arm of a workload interleaved block by block in one process.
 
-A round runs one block of ``block`` steps on each arm, in an order rotated every round, so slow
-phases of a shared machine hit every arm alike. The per-round ratio is an arm's mean step time over
+A round runs one block of ``block`` steps on each arm, in an order shuffled every round (seeded), so
+slow phases of a shared machine, and the background work a peer leaves behind (wandb's service process),
+hit every arm alike. The per-round ratio is an arm's mean step time over
 the plain loop's mean step time in the same round; the reported figure is the median over rounds,
 with the spread (quartiles) next to it. ``block`` is a multiple of the agent's default sample
 interval, so every block of the default arm holds exactly one sampled step. Arms whose steps all cost
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -113,10 +115,12 @@ def run_overhead(
         for name in arms:
             result.block_means[name] = []
             result.max_step[name] = 0.0
+        shuffle = random.Random(0)
         marks = {a.name: (a.monitor.guard.seconds, a.monitor.step_seconds_total) for a in built if a.monitor}
         for r in range(rounds):
             gc.collect()
-            order = built[r % len(built):] + built[: r % len(built)]
+            order = list(built)
+            shuffle.shuffle(order)  # random, not rotated: no arm always runs right after the same one
             for arm in order:
                 mean, slowest = _timed_block(arm, steps[arm.name])
                 result.block_means[arm.name].append(mean)

@@ -28,11 +28,13 @@ class Options:
     tls_key: str | None = None
     """Path of the PEM private key matching ``tls_cert``."""
     sample_every: int = 10
-    """Heavy statistics (norms, update ratios, activations) are computed every this many steps."""
-    overhead_budget: float | None = None
-    """Share of step time the agent may take, e.g. 0.01 for 1%; the sampling interval then adapts to the
-    measured agent time (starting from ``sample_every``, between 1 and 1000 steps). None: a fixed
-    ``sample_every``. The live interval is ``nnwatch_sample_interval_steps``."""
+    """Heavy statistics (norms, update ratios, activations) are computed every this many steps; with an
+    overhead budget this is the shortest interval."""
+    overhead_budget: float | None = 0.015
+    """Share of step time the agent may take (0.015 = 1.5%): the sampling interval starts at ``sample_every``
+    and grows (up to 1000 steps) when sampled steps would cost more, which only happens for small models with
+    very short steps. None: a fixed ``sample_every``. Setting ``sample_every`` without a budget also means a
+    fixed interval. The live interval is ``nnwatch_sample_interval_steps``."""
     activations: bool = True
     """Observe activation functions (modules and functional calls) on sampled steps."""
     update_ratios: bool = True
@@ -89,6 +91,8 @@ class Options:
                 values[name] = explicit[name]
             elif f"NNWATCH_{name.upper()}" in env:
                 values[name] = _parse_env(name, f, env[f"NNWATCH_{name.upper()}"])
+        if "sample_every" in values and "overhead_budget" not in values:
+            values["overhead_budget"] = None  # an explicit interval is a fixed interval
         opts = cls(**values)
         opts.validate()
         return opts

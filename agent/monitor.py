@@ -92,7 +92,8 @@ class Monitor:
         self.step_index = 0  # global training step; resumable
         self.steps_in_process = 0
         self._sampled = True
-        self.schedule = SampleSchedule(options.sample_every, options.overhead_budget)  # which steps are sampled
+        # Which steps are sampled: every sample_every steps, less often when the overhead budget needs it.
+        self.schedule = SampleSchedule(options.sample_every, options.overhead_budget, min_interval=options.sample_every)
         self._step_started = clock()
         self.last_step_seconds: float | None = None
         self.step_seconds_total = 0.0

@@ -129,15 +129,29 @@ def test_tight_budget_grows_the_interval_and_metrics_show_it():
     mon.close()
 
 
-def test_loose_budget_shrinks_the_interval():
+def test_loose_budget_never_samples_more_often_than_sample_every():
     torch.manual_seed(0)
     model = SmallMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mon = agent.attach(model, opt, port=None, sample_every=10, overhead_budget=0.9)
-    train(model, opt, 120, monitor=mon)
-    assert mon.schedule.interval < 10
-    assert _gauge(mon, "nnwatch_sample_interval_steps") == mon.schedule.interval
+    mon = agent.attach(model, opt, port=None, sample_every=3, overhead_budget=0.9)
+    train(model, opt, 60, monitor=mon)
+    assert mon.schedule.interval == 3  # sample_every is the shortest interval
+    assert _gauge(mon, "nnwatch_sample_interval_steps") == 3
     mon.close()
+
+
+def test_default_is_a_budget_unless_an_interval_is_given(monkeypatch):
+    model = SmallMLP()
+    assert agent.attach(model, port=None).options.overhead_budget == 0.015
+    assert agent.attach(model, port=None, sample_every=4).options.overhead_budget is None
+    assert agent.attach(model, port=None, sample_every=4, overhead_budget=0.05).options.overhead_budget == 0.05
+    monkeypatch.setenv("NNWATCH_SAMPLE_EVERY", "7")
+    assert agent.attach(model, port=None).options.overhead_budget is None
+    monkeypatch.delenv("NNWATCH_SAMPLE_EVERY")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tight = agent.attach(model, opt, port=None, overhead_budget=0.0001)
+    train(model, opt, 80, monitor=tight)
+    assert tight.schedule.interval > 10  # the default interval stretches when sampled steps cost too much
 
 
 def test_without_a_budget_the_interval_is_fixed():

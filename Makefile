@@ -35,6 +35,7 @@ test: venv system-deps
 
 ## bench: overhead benchmarks against a plain loop and peers (writes docs/benchmarks.md)
 bench: venv
+	$(PIP) install -q -r benchmarks/requirements.txt "$(TORCH)"
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 ## generate: regenerate committed artefacts (alert rules, dashboards, chart copies)

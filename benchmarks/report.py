@@ -312,7 +312,11 @@ def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write benchmarks.md and benchmarks.png into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, png = out_dir / "benchmarks.md", out_dir / "benchmarks.png"
-    plot(results, png)
+    try:
+        plot(results, png)
+    except ImportError:
+        results.setdefault("notes", []).append(
+            "- matplotlib is not installed here, so no plot was drawn (`pip install -r benchmarks/requirements.txt`).")
     md.write_text(markdown(results, png.name))
     return md, png
 

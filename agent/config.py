@@ -30,8 +30,8 @@ class Options:
     sample_every: int = 10
     """Heavy statistics (norms, update ratios, activations) are computed every this many steps; with an
     overhead budget this is the shortest interval."""
-    overhead_budget: float | None = 0.015
-    """Share of step time the agent may take (0.015 = 1.5%): the sampling interval starts at ``sample_every``
+    overhead_budget: float | None = 0.01
+    """Share of step time the agent may take (0.01 = 1%): the sampling interval starts at ``sample_every``
     and grows (up to 1000 steps) when sampled steps would cost more, which only happens for small models with
     very short steps. None: a fixed ``sample_every``. Setting ``sample_every`` without a budget also means a
     fixed interval. The live interval is ``nnwatch_sample_interval_steps``."""

@@ -142,7 +142,7 @@ def test_loose_budget_never_samples_more_often_than_sample_every():
 
 def test_default_is_a_budget_unless_an_interval_is_given(monkeypatch):
     model = SmallMLP()
-    assert agent.attach(model, port=None).options.overhead_budget == 0.015
+    assert agent.attach(model, port=None).options.overhead_budget == 0.01
     assert agent.attach(model, port=None, sample_every=4).options.overhead_budget is None
     assert agent.attach(model, port=None, sample_every=4, overhead_budget=0.05).options.overhead_budget == 0.05
     monkeypatch.setenv("NNWATCH_SAMPLE_EVERY", "7")

@@ -21,7 +21,7 @@ ARMS = ("plain", "agent", "agent_all", "agent_budget", "wandb_1", "wandb_100", "
 
 LABELS = {
     "plain": "plain loop",
-    "agent": "nnwatch defaults",
+    "agent": "nnwatch defaults",  # sample_every=10 with the default overhead_budget (stretches only)
     "agent_all": "nnwatch, everything every step",
     "agent_budget": "nnwatch, overhead_budget=0.01",
     "wandb_1": 'wandb.watch(log="all", log_freq=1)',

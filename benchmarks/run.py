@@ -44,6 +44,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", default=None, help="comma-separated layer counts for the /metrics sweep")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="directory for benchmarks.md/.png/.json (default: docs, --quick: benchmarks/out)")
+    p.add_argument("--update", action="store_true",
+                   help="merge into the results already in --out: rows of the models run now replace theirs, the rest stay")
+    p.add_argument("--skip-scaling", action="store_true", help="no /metrics sweep and no memory accounting")
     return p.parse_args(argv)
 
 
@@ -72,11 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                                "started": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
                                "overhead": [], "floor": [], "render": [], "memory": [], "notes": notes}
 
+    partial = out / "benchmarks.partial.json"
     print("step-time overhead (median ratio to the plain loop):", flush=True)
     for size in sizes:
         for family in families:
             results["overhead"].append(run_overhead(workload(family, size), arms, budget_s=budget,
                                                     min_rounds=5 if not quick else 4))
+            report.dump({**results, "duration_s": time.time() - started, "load": [load0, os.getloadavg()[0]]}, partial)
     print("memory-bandwidth floor and statistic kernels:", flush=True)
     for size in sizes:
         for family in families:
@@ -84,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             results["floor"].append(f)
             print(f"  {f.workload:16s} floor {1000 * f.floor:7.3f} ms ({f.gb_per_s:4.0f} GB/s)  norms {f.norms_ratio:.2f}x  "
                   f"update {f.update_ratio:.2f}x", flush=True)
+    if args.skip_scaling:
+        layers, families_mem = [], []
+    else:
+        families_mem = families
     print("/metrics and per-sample work vs layers:", flush=True)
     for n in layers:
         r = render_point(n, renders=10 if quick else 25, scrape=n in (250, max(layers)))
@@ -91,17 +100,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {n:5d} layers: {r.series:5d} series, render {1000 * r.render_median:.1f} ms, "
               f"agent {1000 * r.sample_seconds:.1f} ms per sampled step", flush=True)
     print("agent memory:", flush=True)
-    for family in families:
+    for family in families_mem:
         mp = memory_point(workload(family, sizes[-1]))
         results["memory"].append(mp)
         print(f"  {mp.workload:16s} copy {mp.copy_bytes / 2**20:.1f} MiB, activation state {mp.activation_state_bytes / 1024:.1f} KiB", flush=True)
 
     results["duration_s"] = time.time() - started
     results["load"] = [load0, os.getloadavg()[0]]
+    if args.update and (out / "benchmarks.json").exists():
+        results = _merge(report.load(out / "benchmarks.json"), results)
     report.dump(results, out / "benchmarks.json")
+    partial.unlink(missing_ok=True)
     md, png = report.write(results, out)
     print(f"wrote {md}, {png} and {out / 'benchmarks.json'} in {results['duration_s'] / 60:.1f} min", flush=True)
     return 0
+
+
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Old results with the rows measured now put in place of theirs (same model, same layer count)."""
+    merged = dict(old)
+    for key, ident in (("overhead", "workload"), ("floor", "workload"), ("memory", "workload"), ("render", "layers")):
+        fresh = {getattr(r, ident): r for r in new[key]}
+        rows = [fresh.pop(getattr(r, ident), r) for r in old[key]]
+        merged[key] = rows + list(fresh.values())
+    merged["notes"] = list(old.get("notes") or []) + [
+        f"- Rows of {', '.join(o.workload for o in new['overhead']) or 'no models'} re-measured on {new['started']} "
+        f"with `{new['command']}` (load average {new['load'][0]:.1f} / {new['load'][1]:.1f})."]
+    merged["duration_s"] = old["duration_s"] + new["duration_s"]
+    return merged
 
 
 if __name__ == "__main__":

@@ -222,13 +222,7 @@ class Monitor:
                 self._explicit_step_warned = True
                 log.info("nnwatch: step() ignored: step boundaries come from the attached optimizer")
             return
-        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
-        try:
-            if self._sampled:
-                self.guard.call("gradients", self._capture_gradients)
-            self._boundary()
-        finally:
-            self.guard.leave(self._clock() - t0)
+        self._end_step(capture_gradients=self._sampled)
 
     def watch_scaler(self, scaler: Any) -> None:
         """Follow a ``torch.amp.GradScaler``: the steps it skips count as steps, and the inf/NaN gradients of
@@ -371,32 +365,28 @@ class Monitor:
         return None
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        capture, self._grads_after_step = self._grads_after_step, False
+        self._end_step(capture_gradients=capture)
+        return None
+
+    def _end_step(self, capture_gradients: bool) -> None:
+        """Close a step, guarded and timed once: read the gradients first when asked, then the boundary."""
         t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:
-            if self._grads_after_step:
-                self._grads_after_step = False
+            if capture_gradients:
                 self.guard.call("gradients", self._capture_gradients)
             self._boundary()
         except Exception:  # noqa: BLE001
             self.guard.failed("step")
         finally:
             self.guard.leave(self._clock() - t0)
-        return None
 
     def _on_amp_skip(self, optimizer: Any) -> None:
         """A GradScaler skipped ``optimizer``'s step (agent.amp): it still ends a step, so that a run of
         skips is sampled and checked. Without an attached optimizer, boundaries come from step()."""
         if self._opt_ref is None or optimizer is not self._opt_ref():
             return
-        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
-        try:
-            if self._sampled:
-                self.guard.call("gradients", self._capture_gradients)
-            self._boundary()
-        except Exception:  # noqa: BLE001
-            self.guard.failed("step")
-        finally:
-            self.guard.leave(self._clock() - t0)
+        self._end_step(capture_gradients=self._sampled)
 
     # -- sampled-step work -------------------------------------------------------------------------
     def _trainable(self) -> list[tuple[int, _Param]]:

@@ -3,8 +3,8 @@
 Floor: the time to read every gradient and weight once (8 bytes per float32 parameter), as one dot
 product over a flat buffer holding all of them: one kernel, no per-tensor overhead, nothing written.
 The agent's kernels are timed on the same tensors: gradient and weight norms (the same 8 bytes per
-parameter), and the update norm (copy the weights, subtract in place, one more norm: 24 bytes per
-parameter by construction). Every figure is the minimum over repetitions: on a shared machine the
+parameter), and the update norm with the weight norm after the step (copy the weights: a read and a
+write; then one fused pass reading weights and copy: 16 bytes per parameter by construction). Every figure is the minimum over repetitions: on a shared machine the
 minimum is the least disturbed run of a deterministic kernel.
 """
 
@@ -34,7 +34,7 @@ class FloorResult:
     norms: float
     """agent.stats.squared_norms over gradients and weights."""
     update: float
-    """Weight copy + in-place difference + its squared norm (agent.updates, agent.stats)."""
+    """Weight copy + fused update and weight norms (agent.updates, agent.stats.update_squared_norms)."""
 
     @property
     def norms_ratio(self) -> float:
@@ -75,9 +75,9 @@ def measure_floor(workload: Workload, reps: int = 15) -> FloorResult:
         copies = WeightCopies()
         copies.copy(weights)  # allocate once, as the agent does on its first sampled step
 
-        def update() -> None:
+        def update() -> None:  # what a sampled optimizer step does for update and weight norms
             old = copies.copy(weights)
-            stats.difference_squared_norms(weights, old, overwrite_old=True)
+            stats.update_squared_norms(weights, old, overwrite_old=True)
 
         # Interleave the three so that machine noise hits them alike; keep each one's best.
         floor = norms = upd = float("inf")

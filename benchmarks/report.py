@@ -191,9 +191,10 @@ def markdown(results: dict[str, Any], png_name: str = "benchmarks.png") -> str:
         "Floor: one read of every gradient and weight (8 bytes per parameter) as a single dot product over a flat "
         "buffer holding all of them. `norms` is what the agent runs on a sampled step for gradient and weight norms "
         "(`agent.stats.squared_norms`: the same 8 bytes per parameter, one kernel per tensor); the budget is 1.5x the "
-        "floor. `update norms` is the exact update measurement (copy the weights before the optimizer step, subtract "
-        "in place after it, one more norm): 24 bytes per parameter by construction, so about 3x the floor is its own "
-        "floor. The last column is the whole extra time of an everything-every-step step over a plain one (kernels, "
+        "floor. `update norms` is the exact update measurement with the weight norm after the step (copy the weights "
+        "before the optimizer step, a read and a write; after it one fused pass reads weights and copy, "
+        "`agent.stats.update_squared_norms`): 16 bytes per parameter by construction, so 2x the floor is its own "
+        "floor. Below ~4M parameters everything sits in cache and the per-tensor call (~1-3 µs) dominates. The last column is the whole extra time of an everything-every-step step over a plain one (kernels, "
         "activation probes, snapshot, checks), from the overhead runs above. Kernel times are minima over 15 "
         "interleaved repetitions.",
         "",

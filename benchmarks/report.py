@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -65,8 +66,10 @@ def _summary(rows: list[OverheadResult]) -> list[str]:
     every = [o.median_ratio("agent_all") for o in rows if "agent_all" in o.block_means]
     if default:
         out.append(f"- nnwatch at default settings: median step-time overhead {100 * (min(default) - 1):+.1f}% to "
-                   f"{100 * (max(default) - 1):+.1f}% across the {len(default)} models "
-                   f"(budget: <= +2%; {sum(r <= 1.02 for r in default)} of {len(default)} within it).")
+                   f"{100 * (max(default) - 1):+.1f}% across the {len(default)} models, "
+                   f"{100 * (statistics.median(default) - 1):+.1f}% for the median model "
+                   f"(budget: <= +2%; {sum(r <= 1.02 for r in default)} of {len(default)} within it; the spread of a "
+                   "single model's rounds is several percent on this shared machine, see the brackets).")
     if every:
         out.append(f"- nnwatch with every statistic on every step: {min(every):.2f}x to {max(every):.2f}x.")
     for peer in PEERS:
@@ -84,8 +87,8 @@ def _summary(rows: list[OverheadResult]) -> list[str]:
 def _amortized_table(rows: list[OverheadResult]) -> list[str]:
     arms = [a for a in ("agent", "agent_budget", "wandb_100") if any(a in o.block_means for o in rows)]
     out = ["| model | " + " | ".join(f"{LABELS[a]}: amortized / slowest step ms" for a in arms)
-           + " | budget arm: final interval, agent-measured share |",
-           "|" + "---|" * (len(arms) + 2)]
+           + " | defaults: final interval, agent-measured share | budget arm: final interval, agent-measured share |",
+           "|" + "---|" * (len(arms) + 3)]
     for o in rows:
         cells = []
         for a in arms:
@@ -93,10 +96,10 @@ def _amortized_table(rows: list[OverheadResult]) -> list[str]:
                 cells.append(f"{o.amortized_ratio(a):.3f} / {1000 * o.max_step[a]:.0f}")
             else:
                 cells.append("n/a")
-        b = ""
-        if "agent_budget" in o.interval:
-            b = f"{o.interval['agent_budget']} steps, {100 * o.agent_share['agent_budget']:.2f}%"
-        out.append(f"| {o.workload} | " + " | ".join(cells) + f" | {b} |")
+        shares = []
+        for a in ("agent", "agent_budget"):
+            shares.append(f"{o.interval[a]} steps, {100 * o.agent_share[a]:.2f}%" if a in o.interval else "")
+        out.append(f"| {o.workload} | " + " | ".join(cells) + " | " + " | ".join(shares) + " |")
     return out
 
 
@@ -285,7 +288,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     p = [f.params / 1e6 for f in floors]
     ax.loglog(p, [1000 * f.floor for f in floors], "k.-", label="floor: read grads+weights once")
     ax.loglog(p, [1000 * f.norms for f in floors], "o", label="agent norms (grads+weights)")
-    ax.loglog(p, [1000 * f.update for f in floors], "s", label="agent update norms (copy+diff)")
+    ax.loglog(p, [1000 * f.update for f in floors], "s", label="agent update + weight norms (copy + fused pass)")
     ax.set_xlabel("parameters (millions)")
     ax.set_ylabel("ms")
     ax.set_title("Statistic time vs parameters", fontsize=9)

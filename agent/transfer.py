@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Hashable
+from typing import Hashable, Sequence
 
 import torch
 from torch import Tensor
@@ -14,46 +14,78 @@ class DeviceBatch:
 
     def __init__(self) -> None:
         self._items: list[tuple[Hashable, Tensor]] = []
+        self._groups: list[tuple[Sequence[Hashable], Tensor]] = []
+        self._count = 0
 
     def add(self, key: Hashable, value: Tensor | float | int) -> None:
         """Queue a value; a Python number is passed through without touching a device."""
         self._items.append((key, value))  # type: ignore[arg-type]
+        self._count += 1
+
+    def add_many(self, keys: Sequence[Hashable], values: Sequence[Tensor]) -> None:
+        """Queue many 0-d tensors at once (e.g. one squared norm per parameter).
+
+        Values on one device with one dtype, the common case, are stacked here into one vector: a sample
+        then costs one tensor op per group instead of Python work per value. Others are queued one by one.
+        """
+        if len(keys) != len(values):
+            raise ValueError(f"add_many needs one key per value, got {len(keys)} keys and {len(values)} values")
+        if not values:
+            return
+        first = values[0]
+        device, dtype = first.device, first.dtype
+        if all(v.ndim == 0 and v.device == device and v.dtype == dtype for v in values):
+            self._groups.append((keys, torch.stack(list(values))))
+            self._count += len(keys)
+            return
+        for key, value in zip(keys, values):
+            self.add(key, value)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     def fetch(self) -> dict[Hashable, float | list[float]]:
         """Copy everything to the host: one ``.cpu()`` per device (the only host-device sync of a sample)."""
         result: dict[Hashable, float | list[float]] = {}
         by_device: dict[torch.device, list[tuple[Hashable, Tensor]]] = defaultdict(list)
+        groups: dict[torch.device, list[tuple[Sequence[Hashable], Tensor]]] = defaultdict(list)
         for key, value in self._items:
             if isinstance(value, Tensor):
                 by_device[value.device].append((key, value))
             else:
                 result[key] = float(value)
-        for device, items in by_device.items():
+        for keys, vector in self._groups:
+            groups[vector.device].append((keys, vector))
+        for device in dict.fromkeys([*by_device, *groups]):
             dtype = torch.float32 if device.type == "mps" else torch.float64
             # 0-d values of one dtype go through one stack: a few ops per sample instead of two per value.
-            order: list[tuple[Hashable, Tensor]] = []
+            layout: list[tuple[Sequence[Hashable] | Hashable, int, bool]] = []  # (key or keys, length, is a group)
             parts: list[Tensor] = []
             by_dtype: dict[torch.dtype, list[tuple[Hashable, Tensor]]] = defaultdict(list)
+            items = by_device.get(device, [])
             for key, value in items:
                 if value.ndim == 0:
                     by_dtype[value.dtype].append((key, value))
             for group in by_dtype.values():
-                order.extend(group)
-                parts.append(torch.stack([v.detach() for _, v in group]).to(dtype))
+                layout.append(([k for k, _ in group], len(group), True))
+                parts.append(torch.stack([v for _, v in group]).to(dtype))
             for key, value in items:
                 if value.ndim != 0:
-                    order.append((key, value))
-                    parts.append(value.detach().reshape(-1).to(dtype))
-            items = order
+                    layout.append((key, value.numel(), False))
+                    parts.append(value.reshape(-1).to(dtype))
+            for keys, vector in groups.get(device, []):
+                layout.append((keys, len(keys), True))
+                parts.append(vector.to(dtype))
             flat = parts[0] if len(parts) == 1 else torch.cat(parts)
             host = flat.cpu().tolist()  # host-device sync: once per device per sampled step
             pos = 0
-            for key, value in items:
-                n = value.numel()
-                result[key] = host[pos] if value.ndim == 0 else host[pos : pos + n]
+            for key, n, many in layout:
+                if many:
+                    result.update(zip(key, host[pos : pos + n]))  # type: ignore[arg-type]
+                else:
+                    result[key] = host[pos : pos + n]
                 pos += n
         self._items = []
+        self._groups = []
+        self._count = 0
         return result

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .stats import local_values
+from .stats import readable_values
 
 _Key = tuple[torch.Size, torch.dtype, torch.device]
 
@@ -33,7 +33,7 @@ class WeightCopies:
 
     def copy(self, tensors: Sequence[Tensor]) -> list[Tensor]:
         """Copies of ``tensors`` (the locally held values of each); overwrites the buffers of the last call."""
-        srcs = [local_values(t.detach()) for t in tensors]
+        srcs = readable_values(tensors)
         pool, self._kept = self._kept, {}
         dsts: list[Tensor] = []
         for src in srcs:

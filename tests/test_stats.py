@@ -97,3 +97,15 @@ def test_kernels_do_not_modify_inputs():
     before = x.clone()
     stats.squared_norms([x]); stats.saturated_count(x, 0.5, 0.47); stats.alive_units(x); stats.nonfinite_count(x)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 2, 2), (5, 3, 7, 7), (5, 3, 8, 8), (2, 4, 16, 16), (3, 2, 2, 2, 2), (6, 4), (2, 3, 4)])
+def test_unit_peaks_match_one_reduction_over_all_but_the_unit_axis(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    x.view(-1)[7] = math.nan
+    dims = stats.unit_dims(x.ndim)
+    ref = x.double().amax(dim=dims)
+    got = stats.unit_peaks(x)
+    assert got.shape == ref.shape
+    assert torch.equal(got.double().isnan(), ref.isnan())
+    assert torch.equal(got.double().nan_to_num(0), ref.nan_to_num(0))

@@ -186,27 +186,31 @@ def test_probe_non_finite_counts_equal_a_reference_computation():
         assert acts[key].nonfinite == int((~torch.isfinite(ref)).sum()) > 0, key
 
 
-def test_fused_update_norms_equal_subtract_then_norm():
+@pytest.mark.parametrize("overwrite_old", [False, True])
+def test_fused_update_norms_equal_subtract_then_norm(overwrite_old):
     g = torch.Generator().manual_seed(5)
-    shapes = [(1,), (0,), (33, 17), (3 * 2**18 + 5,)]  # the last spans several chunks plus a tail
+    # The last spans the chunked path (above _FUSE_MIN): several chunks plus a tail.
+    shapes = [(1,), (0,), (33, 17), (stats._FUSE_MIN + 2 * stats._CHUNK + 5,)]
     new = [torch.randn(s, generator=g) for s in shapes]
     new += [torch.randn(40, 30, generator=g).t(), torch.randn(6, dtype=torch.float64, generator=g),
             torch.randn(9, generator=g).to(torch.bfloat16)]  # non-contiguous, float64, the generic path
     old = [n + 1e-3 * torch.randn(n.shape, generator=g).to(n.dtype) for n in new]
     before = [o.clone() for o in old]
-    upd, wsq = stats.update_squared_norms(new, old)
-    for n, o, u, w in zip(new, old, upd, wsq):
+    upd, wsq = stats.update_squared_norms(new, old, overwrite_old=overwrite_old)
+    for n, o, u, w in zip(new, before, upd, wsq):
         assert u.dtype == w.dtype == torch.float32 and u.ndim == w.ndim == 0
         ref_u = float(((n.double() - o.double()) ** 2).sum())
         ref_w = float((n.double() ** 2).sum())
         tol = 2e-2 if n.dtype == torch.bfloat16 else 1e-5
         assert float(u) == pytest.approx(ref_u, rel=tol, abs=1e-12)
         assert float(w) == pytest.approx(ref_w, rel=tol, abs=1e-12)
-    assert all(torch.equal(o, b) for o, b in zip(old, before))  # inputs untouched
-    bad = torch.ones(10)
+    if not overwrite_old:
+        assert all(torch.equal(o, b) for o, b in zip(old, before))  # inputs untouched
+    bad = torch.ones(stats._FUSE_MIN + 10)
     bad[3] = math.nan
-    u, w = stats.update_squared_norms([bad], [torch.ones(10)])
-    assert math.isnan(float(u[0])) and math.isnan(float(w[0]))
+    u, w = stats.update_squared_norms([bad, bad[:10]], [torch.ones(stats._FUSE_MIN + 10), torch.ones(10)],
+                                      overwrite_old=overwrite_old)
+    assert all(math.isnan(float(v)) for v in (*u, *w))
 
 
 @pytest.mark.parametrize("act", [F.relu, F.leaky_relu, torch.tanh])

@@ -190,7 +190,10 @@ class ActivationProbe:
 
     # -- per call -------------------------------------------------------------------------------
     def observe(self, fn: str, spec: ActivationSpec, out: Tensor) -> None:
-        """Record one activation output (device work only)."""
+        """Record one activation output (device work only). An empty output (a batch of zero, an expert
+        that got no tokens) tells nothing about its units and is skipped."""
+        if out.numel() == 0:
+            return
         ctx = self._context()
         base = ctx if ctx in self.activation_modules else f"{ctx}:{fn}"
         n = self._calls.get(base, 0)

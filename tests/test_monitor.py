@@ -199,6 +199,37 @@ def test_functional_and_module_activations_are_measured_dead_vs_healthy():
     mon.close()
 
 
+def test_empty_activation_outputs_are_skipped_not_counted_as_probe_failures():
+    class Router(nn.Module):
+        """Half the steps send no rows to the expert (an MoE expert without tokens)."""
+
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.expert = nn.Linear(8, 8)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            h = F.relu(self.a(x))
+            rows = h[: 0 if self.calls % 2 else h.shape[0]]
+            return h.sum() + F.relu(self.expert(rows)).sum()
+
+    torch.manual_seed(0)
+    model = Router()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = agent.attach(model, opt, port=None, sample_every=1)
+    x = torch.randn(4, 8)
+    for _ in range(6):
+        opt.zero_grad()
+        model(x).backward()
+        opt.step()
+    assert not mon.guard.errors and "activations" not in mon.guard.disabled
+    acts = {a.key: a for a in mon.snapshot.activations}
+    assert "(root):relu" in acts and acts["(root):relu"].units == 8
+    mon.close()
+
+
 def test_repeated_calls_and_nested_modules_get_distinct_names():
     class Block(nn.Module):
         def __init__(self):

@@ -12,6 +12,8 @@ interval climbs to ``max_interval``).
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 
 
 class OverheadController:
@@ -107,4 +109,37 @@ class SampleSchedule:
         return True
 
 
-__all__ = ["OverheadController", "SampleSchedule"]
+class ForwardCost:
+    """What a sampled forward costs beyond what the agent's own timers see (seconds).
+
+    The activation probe's ``TorchFunctionMode`` and module hooks run inside the model's forward, around
+    every torch call, where no agent timer sits; its statistics (``observe``) are timed. This estimates
+    the rest from the forwards themselves: a sampled forward's wall time, less the agent-timed work inside
+    it, against the median of recent forwards that were not sampled. The estimate is the median of the
+    last few such differences (robust to a forward slowed by something else), never negative, and zero
+    until a few unsampled forwards have been seen.
+    """
+
+    def __init__(self, window: int = 32, recent: int = 5, min_plain: int = 3) -> None:
+        self._plain: deque[float] = deque(maxlen=window)
+        self._excess: deque[float] = deque(maxlen=recent)
+        self._min_plain = min_plain
+        self.estimate = 0.0
+        """The current estimate of one sampled forward's untimed cost (seconds)."""
+
+    def observe(self, seconds: float, sampled: bool) -> float:
+        """Feed one training forward's wall time less agent-timed work inside it; returns the seconds to
+        charge to the agent (non-zero only for sampled forwards)."""
+        if not math.isfinite(seconds) or seconds < 0:
+            return 0.0
+        if not sampled:
+            self._plain.append(seconds)
+            return 0.0
+        if len(self._plain) < self._min_plain:
+            return 0.0
+        self._excess.append(seconds - statistics.median(self._plain))
+        self.estimate = max(0.0, statistics.median(self._excess))
+        return self.estimate
+
+
+__all__ = ["OverheadController", "SampleSchedule", "ForwardCost"]

@@ -41,6 +41,11 @@ class Guard:
         self._depth -= 1
         self.seconds += seconds
 
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of agent cost measured from outside a timed window (see budget.ForwardCost)."""
+        if seconds > 0:
+            self.seconds += seconds
+
     def call(self, probe: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run ``fn``; on an exception count it, log it (once per probe) and return None."""
         if probe in self.disabled:

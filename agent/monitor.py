@@ -31,7 +31,7 @@ from .memory import MemoryReader
 from .notify import Notifier
 from .probes import ActivationProbe
 from .snapshot import ROOT, LayerStats, MemoryStats, Snapshot
-from .budget import SampleSchedule
+from .budget import ForwardCost, SampleSchedule
 from .transfer import DeviceBatch
 from .updates import WeightCopies
 
@@ -108,6 +108,9 @@ class Monitor:
         self._explicit_step_warned = False
         self._grads_after_step = False
         self._forward_started: float | None = None
+        self._forward_agent0 = 0.0  # agent seconds when the running forward started
+        self.forward_cost = ForwardCost()
+        """Estimates the probe's cost inside sampled forwards that no agent timer sees (charged as agent time)."""
         self.forward_seconds_total = 0.0
         """Seconds inside training forwards (root module), summed over steps: this rank's own work."""
         self.input_wait_seconds_total = 0.0
@@ -296,14 +299,15 @@ class Monitor:
         if torch._C._current_graph_task_id() != -1:  # inside backward: activation checkpointing recomputes
             return None
         t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
+        training = False
         try:
             if torch.is_grad_enabled():
+                training = True
                 batch = _batch_size(args, kwargs)
                 if batch:
                     self._samples_this_step += batch
                 if self._first_forward_pending:
                     self.input_wait_seconds_total += max(0.0, t0 - self._step_started)
-                self._forward_started = t0
                 # The probe's TorchFunctionMode would be traced by dynamo: off for compiled models.
                 if self._sampled and self.options.activations and not self.compiled and "activations" not in self.guard.disabled:
                     self.guard.call("activations", self.probe.begin)
@@ -312,7 +316,11 @@ class Monitor:
         except Exception:  # noqa: BLE001
             self.guard.failed("forward")
         finally:
-            self.guard.leave(self._clock() - t0)
+            t1 = self._clock()
+            self.guard.leave(t1 - t0)
+            if training:  # the model's own forward starts now
+                self._forward_started = t1
+                self._forward_agent0 = self.guard.seconds
         return None
 
     def _on_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -320,10 +328,15 @@ class Monitor:
             return None
         t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:
+            probed = self.probe.active
             if self._forward_started is not None:
-                self.forward_seconds_total += t0 - self._forward_started
+                seconds = t0 - self._forward_started
+                self.forward_seconds_total += seconds
                 self._forward_started = None
-            if self.probe.active:
+                # Charge what the probe cost inside the forward beyond its timed statistics.
+                own = seconds - (self.guard.seconds - self._forward_agent0)
+                self.guard.charge(self.forward_cost.observe(own, probed))
+            if probed:
                 self.probe.end()
             if self._first_forward_pending and torch.is_grad_enabled():
                 self._first_forward_pending = False
@@ -448,12 +461,10 @@ class Monitor:
             w_sq = dict(zip(idx, w_copied))
             rest = [(i, p) for i, p in trainable if i not in w_sq]
             w_sq.update(zip([i for i, _ in rest], stats.squared_norms([p.ref for _, p in rest])))
-            for i, _ in trainable:
-                batch.add(("w", i), w_sq[i])
-            for i, s in self._grad_sq.items():
-                batch.add(("g", i), s)
-            for i, s in zip(idx, upd):
-                batch.add(("u", i), s)
+            # One stacked vector per kind: the per-parameter values cost a few tensor ops, not Python per value.
+            batch.add_many([("w", i) for i, _ in trainable], [w_sq[i] for i, _ in trainable])
+            batch.add_many([("g", i) for i in self._grad_sq], list(self._grad_sq.values()))
+            batch.add_many([("u", i) for i in idx], upd)
             self._weight_copy = []
             if self._pending_losses:
                 losses = _stack_scalars(self._pending_losses)
@@ -542,33 +553,43 @@ class Monitor:
 
     def _layer_stats(self, host: dict, trainable: list[tuple[int, _Param]], nonfinite: dict,
                      in_opt: set[int] | None) -> tuple[LayerStats, ...]:
-        acc: dict[str, dict[str, Any]] = {}
+        members: dict[str, list[tuple[int, _Param]]] = {}
         for i, p in trainable:
-            a = acc.setdefault(p.module, {"params": 0, "g": [], "w": [], "u": [], "gn": 0, "wn": 0, "opt": False, "all_in_opt": True})
-            a["params"] += p.ref.numel()
-            a["w"].append(host[("w", i)])
-            if ("g", i) in host:
-                a["g"].append(host[("g", i)])
-            if ("u", i) in host:
-                a["u"].append(host[("u", i)])
-            a["wn"] += nonfinite.get(("w", i), 0)
-            a["gn"] += nonfinite.get(("g", i), 0)
-            held = in_opt is None or id(p.ref) in in_opt
-            a["opt"] = a["opt"] or held
-            if not held and ("g", i) in host:
-                a["u"].append(0.0)  # not in the optimizer: its update is exactly zero
+            members.setdefault(p.module, []).append((i, p))
         layers = []
-        for module, a in acc.items():
+        get = host.get
+        for module, group in members.items():
+            g: list[float] = []
+            w: list[float] = []
+            u: list[float] = []
+            params = gn = wn = 0
+            held_any = False
+            for i, p in group:
+                params += p.ref.numel()
+                w.append(host[("w", i)])
+                gi = get(("g", i))
+                if gi is not None:
+                    g.append(gi)
+                ui = get(("u", i))
+                if ui is not None:
+                    u.append(ui)
+                if nonfinite:
+                    wn += nonfinite.get(("w", i), 0)
+                    gn += nonfinite.get(("g", i), 0)
+                held = in_opt is None or id(p.ref) in in_opt
+                held_any = held_any or held
+                if not held and gi is not None:
+                    u.append(0.0)  # not in the optimizer: its update is exactly zero
             layers.append(LayerStats(
                 module=module,
-                params=a["params"],
-                grad_norm=_root_sum(a["g"]),
-                weight_norm=_root_sum(a["w"]) or 0.0,
-                update_norm=_root_sum(a["u"]),
-                grad_nonfinite=a["gn"],
-                weight_nonfinite=a["wn"],
+                params=params,
+                grad_norm=_root_sum(g),
+                weight_norm=_root_sum(w) or 0.0,
+                update_norm=_root_sum(u),
+                grad_nonfinite=gn,
+                weight_nonfinite=wn,
                 params_without_grad=self._params_without_grad.get(module, 0),
-                in_optimizer=a["opt"],
+                in_optimizer=held_any,
             ))
         return tuple(layers)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import agent
-from agent.budget import OverheadController, SampleSchedule
+from agent.budget import ForwardCost, OverheadController, SampleSchedule
 from agent.config import Options
 from agent.export import NNWatchCollector
 from prometheus_client import CollectorRegistry
@@ -186,3 +186,64 @@ def test_agent_time_counts_nested_guarded_work_once():
     guard.call("inside", work)
     guard.leave(now[0] - t0)
     assert guard.seconds == 3.5 and guard.errors["failing"] == 1
+
+
+def test_forward_cost_is_the_robust_excess_of_sampled_forwards():
+    cost = ForwardCost(window=8, recent=3, min_plain=3)
+    assert cost.observe(0.013, sampled=True) == 0.0  # nothing to compare with yet
+    for t in (0.010, 0.011, 0.009):
+        assert cost.observe(t, sampled=False) == 0.0
+    assert cost.observe(0.013, sampled=True) == pytest.approx(0.003)
+    assert cost.observe(0.500, sampled=True) == pytest.approx(0.003 + (0.490 - 0.003) / 2)  # median of two
+    assert cost.observe(0.012, sampled=True) == pytest.approx(0.003)  # one slow forward is outvoted
+    for _ in range(3):
+        cost.observe(0.008, sampled=True)  # faster than usual: never a negative charge
+    assert cost.estimate == 0.0
+    assert cost.observe(float("nan"), sampled=True) == 0.0 and cost.observe(-1.0, sampled=False) == 0.0
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_probe_cost_inside_sampled_forwards_is_charged_to_the_agent():
+    """A forward that takes 10 ms, 4 ms more while the activation probe is active (what its function mode
+    costs around every op, where no agent timer sits): the agent charges those 4 ms to itself."""
+    from agent.monitor import Monitor
+
+    clock = _FakeClock()
+
+    class Timed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.monitor = None
+
+        def forward(self, x):
+            clock.t += 0.010 + (0.004 if self.monitor is not None and self.monitor.probe.active else 0.0)
+            return torch.relu(self.lin(x))
+
+    torch.manual_seed(0)
+    model = Timed()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = Monitor(model, opt, Options.resolve(port=None, sample_every=4), clock=clock, serve=False)
+    model.monitor = mon
+    x = torch.randn(8, 4)
+    charged = []
+    for _ in range(24):
+        before = mon.guard.seconds
+        sampled = mon._sampled
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        clock.t += 0.001
+        if sampled:
+            charged.append(mon.guard.seconds - before)
+    assert mon.forward_cost.estimate == pytest.approx(0.004, abs=5e-4)
+    # Every sampled step after the first few unsampled forwards carries the charge on top of its timed work.
+    assert all(c >= 0.0035 for c in charged[2:]) and len(charged) == 6
+    mon.close()

@@ -16,14 +16,14 @@ from torch import nn
 
 from .models import Workload
 
-ARMS = ("plain", "agent", "agent_all", "agent_budget", "wandb_1", "wandb_100", "naive")
+ARMS = ("plain", "control", "agent", "agent_all", "wandb_1", "wandb_100", "naive")
 """Arm names, in the order they appear in tables."""
 
 LABELS = {
     "plain": "plain loop",
-    "agent": "nnwatch defaults",  # sample_every=10 with the default overhead_budget (stretches only)
+    "control": "plain loop again (A/A control)",
+    "agent": "nnwatch defaults",  # sample_every=10 with the default overhead_budget=0.01 (stretches only)
     "agent_all": "nnwatch, everything every step",
-    "agent_budget": "nnwatch, overhead_budget=0.01",
     "wandb_1": 'wandb.watch(log="all", log_freq=1)',
     "wandb_100": 'wandb.watch(log="all", log_freq=100)',
     "naive": "naive .norm().item() per parameter",
@@ -59,9 +59,9 @@ class Arm:
         self.name = name
         self.workload = workload
         torch.manual_seed(0)
-        self.model: nn.Module = workload.build()
+        self.model: nn.Module = workload.build().to(workload.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.data = workload.batches()
+        self.data = [(x.to(workload.device), y.to(workload.device)) for x, y in workload.batches()]
         self.k = 0
         self.monitor: Any = None
         self.after_backward: Callable[[], None] | None = None
@@ -136,7 +136,6 @@ def have_wandb() -> bool:
 AGENT_OPTIONS: dict[str, dict[str, Any]] = {
     "agent": {},
     "agent_all": {"sample_every": 1},
-    "agent_budget": {"overhead_budget": 0.01},
 }
 """Options of each agent arm on top of ``port=None`` (everything else: the defaults)."""
 
@@ -168,7 +167,7 @@ def make_arm(name: str, workload: Workload, peers: Peers) -> Arm:
                 arm.norms["weight/" + n] = p.detach().norm().item()
 
         arm.after_backward = naive_norms
-    elif name != "plain":
+    elif name not in ("plain", "control"):  # the control arm is a second, identical plain loop
         raise ValueError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}")
     return arm
 

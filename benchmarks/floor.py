@@ -3,9 +3,12 @@
 Floor: the time to read every gradient and weight once (8 bytes per float32 parameter), as one dot
 product over a flat buffer holding all of them: one kernel, no per-tensor overhead, nothing written.
 The agent's kernels are timed on the same tensors: gradient and weight norms (the same 8 bytes per
-parameter), and the update norm with the weight norm after the step (copy the weights: a read and a
-write; then one fused pass reading weights and copy: 16 bytes per parameter by construction). Every figure is the minimum over repetitions: on a shared machine the
-minimum is the least disturbed run of a deterministic kernel.
+parameter), and the update norm with the weight norm after the step. An exact update norm needs the
+weights from before the step, so its own floor is a copy (a read and a write) plus one read of the
+weights and the copy, on flat buffers: ``update_floor``. On CPU each tensor costs one kernel call, about a
+microsecond before any data moves; ``calls`` measures that for the model's number of tensors, which for a
+small model with many tensors is as much as the whole floor. Every figure is the minimum over repetitions: on
+a shared machine the minimum is the least disturbed run of a deterministic kernel.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from agent import stats
 from agent.updates import WeightCopies
 
-from .models import Workload
+from .models import Workload, synchronize
 
 
 @dataclass
@@ -35,6 +38,12 @@ class FloorResult:
     """agent.stats.squared_norms over gradients and weights."""
     update: float
     """Weight copy + fused update and weight norms (agent.updates, agent.stats.update_squared_norms)."""
+    update_floor: float = float("nan")
+    """Copy every weight once, then read the weights and the copy once, on flat buffers."""
+    tensors: int = 0
+    """Gradients and weights read by ``norms`` (one kernel call each on CPU)."""
+    calls: float = float("nan")
+    """``tensors`` dot products of one-element tensors: what ``tensors`` kernel calls cost before any data."""
 
     @property
     def norms_ratio(self) -> float:
@@ -45,16 +54,28 @@ class FloorResult:
         return self.update / self.floor
 
     @property
+    def call_floor_ratio(self) -> float:
+        """``norms`` against the floor plus one minimal kernel call per tensor."""
+        return self.norms / (self.floor + self.calls)
+
+    @property
+    def update_own_ratio(self) -> float:
+        """The update measurement against its own floor."""
+        return self.update / self.update_floor
+
+    @property
     def gb_per_s(self) -> float:
         """Bandwidth of the floor read."""
         return 8 * self.params / self.floor / 1e9
 
 
-def _best(fn: Callable[[], object], reps: int) -> float:
+def _best(fn: Callable[[], object], reps: int, device: str = "cpu") -> float:
     best = float("inf")
     for _ in range(reps):
+        synchronize(device)
         t0 = time.perf_counter()
         fn()
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -62,16 +83,19 @@ def _best(fn: Callable[[], object], reps: int) -> float:
 def measure_floor(workload: Workload, reps: int = 15) -> FloorResult:
     """Time the floor and the agent's kernels on ``workload``'s real gradients and weights."""
     torch.manual_seed(0)
-    model = workload.build()
+    dev = workload.device
+    model = workload.build().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for x, y in workload.batches()[:2]:
         opt.zero_grad(set_to_none=True)
-        workload.loss(model(x), y).backward()
+        workload.loss(model(x.to(dev)), y.to(dev)).backward()
         opt.step()
     with torch.no_grad():
         weights = [p.detach() for p in model.parameters()]
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         flat = torch.cat([t.reshape(-1) for t in weights + grads])
+        flat_w = torch.cat([t.reshape(-1) for t in weights])
+        flat_copy = torch.empty_like(flat_w)
         copies = WeightCopies()
         copies.copy(weights)  # allocate once, as the agent does on its first sampled step
 
@@ -80,12 +104,16 @@ def measure_floor(workload: Workload, reps: int = 15) -> FloorResult:
             stats.update_squared_norms(weights, old, overwrite_old=True)
 
         # Interleave the three so that machine noise hits them alike; keep each one's best.
-        floor = norms = upd = float("inf")
+        one = torch.ones(1, device=dev)
+        count = len(weights) + len(grads)
+        floor = norms = upd = upd_floor = calls = float("inf")
         for _ in range(reps):
-            floor = min(floor, _best(lambda: torch.dot(flat, flat), 1))
-            norms = min(norms, _best(lambda: (stats.squared_norms(grads), stats.squared_norms(weights)), 1))
-            upd = min(upd, _best(update, 1))
+            calls = min(calls, _best(lambda: [torch.dot(one, one) for _ in range(count)], 1, dev))
+            floor = min(floor, _best(lambda: torch.dot(flat, flat), 1, dev))
+            upd_floor = min(upd_floor, _best(lambda: (flat_copy.copy_(flat_w), torch.dot(flat_w, flat_copy)), 1, dev))
+            norms = min(norms, _best(lambda: (stats.squared_norms(grads), stats.squared_norms(weights)), 1, dev))
+            upd = min(upd, _best(update, 1, dev))
     params = sum(w.numel() for w in weights)
-    del model, opt, flat, copies, weights, grads
+    del model, opt, flat, flat_w, flat_copy, copies, weights, grads
     gc.collect()
-    return FloorResult(workload.name, params, floor, norms, upd)
+    return FloorResult(workload.name, params, floor, norms, upd, upd_floor, count, calls)

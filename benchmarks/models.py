@@ -29,6 +29,8 @@ class Workload:
     batches: Callable[[], list[tuple[Tensor, Tensor]]]
     """A few (input, target) batches, cycled through during the run."""
     loss: Callable[[Tensor, Tensor], Tensor]
+    device: str = "cpu"
+    """Where the model and its batches live ("cpu", "cuda", ...)."""
 
     @property
     def name(self) -> str:
@@ -131,16 +133,22 @@ SIZES = ("1M", "4M", "16M", "64M")
 FAMILIES = ("mlp", "cnn", "transformer")
 
 
-def workload(family: str, size: str) -> Workload:
-    """The benchmark workload of ``family`` (mlp, cnn, transformer) at ``size`` (1M, 4M, 16M, 64M)."""
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (timings of accelerator steps end here); nothing on CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def workload(family: str, size: str, device: str = "cpu") -> Workload:
+    """The benchmark workload of ``family`` (mlp, cnn, transformer) at ``size`` (1M, 4M, 16M, 64M) on ``device``."""
     ce = nn.functional.cross_entropy
     if family == "mlp":
         width, batch = _MLP[size]
-        return Workload(family, size, lambda: MLP(width), _class_batches((batch, width)), ce)
+        return Workload(family, size, lambda: MLP(width), _class_batches((batch, width)), ce, device)
     if family == "cnn":
         c, batch = _CNN[size]
-        return Workload(family, size, lambda: CNN(c), _class_batches((batch, 3, 16, 16)), ce)
+        return Workload(family, size, lambda: CNN(c), _class_batches((batch, 3, 16, 16)), ce, device)
     if family == "transformer":
         d, layers, batch = _TRANSFORMER[size]
-        return Workload(family, size, lambda: Transformer(d, layers), _token_batches(batch, 64), _token_loss)
+        return Workload(family, size, lambda: Transformer(d, layers), _token_batches(batch, 64), _token_loss, device)
     raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")

@@ -1,7 +1,7 @@
 """Run the benchmarks and write docs/benchmarks.md and docs/benchmarks.png.
 
-    python -m benchmarks.run            # full: 3 families x 1M..64M parameters, ~15 minutes
-    python -m benchmarks.run --quick    # 3 families at 1M, short scaling sweep, ~2 minutes
+    python -m benchmarks.run            # full: 3 families x 1M..64M parameters, ~40 minutes
+    python -m benchmarks.run --quick    # 3 families at 1M, short scaling sweep, ~4 minutes
 
 Full runs write into docs/ (the committed results); quick runs into benchmarks/out/ unless --out is
 given. Raw results go to <out>/benchmarks.json; ``python -m benchmarks.report`` re-renders them.
@@ -33,15 +33,24 @@ from .overhead import run_overhead  # noqa: E402
 from .scaling import memory_point, render_point  # noqa: E402
 
 
+BUDGET_S = {"1M": 150.0, "4M": 150.0, "16M": 200.0, "64M": 240.0}
+"""Seconds of interleaved rounds per model in a full run: bigger models get more, as their rounds are fewer."""
+QUICK_BUDGET_S = 60.0
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1M models only, short budgets (~2 minutes)")
+    p.add_argument("--quick", action="store_true", help="1M models only, short budgets (~4 minutes)")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: mlp,cnn,transformer")
     p.add_argument("--sizes", default=None, help=f"comma-separated from {','.join(SIZES)} (default: all; --quick: 1M)")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (plain is always included)")
-    p.add_argument("--budget", type=float, default=None, help="seconds per model for the interleaved rounds")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds per model for the interleaved rounds (default: by size, see BUDGET_S)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per model, each with freshly built arms")
     p.add_argument("--layers", default=None, help="comma-separated layer counts for the /metrics sweep")
+    p.add_argument("--device", default="cpu", help="where models train: cpu (default) or cuda; steps are timed to "
+                   "the end of their device work")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="directory for benchmarks.md/.png/.json (default: docs, --quick: benchmarks/out)")
     p.add_argument("--update", action="store_true",
@@ -63,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if not have_wandb():
         arms = tuple(a for a in arms if not a.startswith("wandb"))
         notes.append("- wandb is not installed here: its arms were left out (`pip install -r benchmarks/requirements.txt`).")
-    budget = args.budget if args.budget is not None else (25.0 if quick else 40.0)
+    budgets = {size: args.budget if args.budget is not None else (QUICK_BUDGET_S if quick else BUDGET_S.get(size, 200.0))
+               for size in sizes}
     layers = [int(x) for x in (args.layers or ("10,250" if quick else "10,50,100,200,250,500,1000")).split(",")]
     out = Path(args.out) if args.out else Path("benchmarks/out" if quick else "docs")
 
@@ -79,13 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     print("step-time overhead (median ratio to the plain loop):", flush=True)
     for size in sizes:
         for family in families:
-            results["overhead"].append(run_overhead(workload(family, size), arms, budget_s=budget,
-                                                    min_rounds=5 if not quick else 4))
+            results["overhead"].append(run_overhead(workload(family, size, args.device), arms, budget_s=budgets[size], reps=args.reps))
             report.dump({**results, "duration_s": time.time() - started, "load": [load0, os.getloadavg()[0]]}, partial)
     print("memory-bandwidth floor and statistic kernels:", flush=True)
     for size in sizes:
         for family in families:
-            f = measure_floor(workload(family, size), reps=8 if quick else 15)
+            f = measure_floor(workload(family, size, args.device), reps=8 if quick else 15)
             results["floor"].append(f)
             print(f"  {f.workload:16s} floor {1000 * f.floor:7.3f} ms ({f.gb_per_s:4.0f} GB/s)  norms {f.norms_ratio:.2f}x  "
                   f"update {f.update_ratio:.2f}x", flush=True)
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
               f"agent {1000 * r.sample_seconds:.1f} ms per sampled step", flush=True)
     print("agent memory:", flush=True)
     for family in families_mem:
-        mp = memory_point(workload(family, sizes[-1]))
+        mp = memory_point(workload(family, sizes[-1], args.device))
         results["memory"].append(mp)
         print(f"  {mp.workload:16s} copy {mp.copy_bytes / 2**20:.1f} MiB, activation state {mp.activation_state_bytes / 1024:.1f} KiB", flush=True)
 

@@ -115,10 +115,10 @@ class MemoryPoint:
 def memory_point(workload: Workload, **options: object) -> MemoryPoint:
     """Attach with default options (or ``options``), run two sample intervals, account what the agent holds."""
     torch.manual_seed(0)
-    model = workload.build()
+    model = workload.build().to(workload.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     monitor = agent.attach(model, opt, port=None, **options)  # type: ignore[arg-type]
-    data = workload.batches()
+    data = [(x.to(workload.device), y.to(workload.device)) for x, y in workload.batches()]
     for k in range(2 * monitor.options.sample_every + 1):
         x, y = data[k % len(data)]
         opt.zero_grad(set_to_none=True)

@@ -5,11 +5,18 @@ forward. It sees ``F.relu(x)``, ``torch.tanh(x)``, ``x.sigmoid()`` and the funct
 ``nn.ReLU.forward`` alike, so one mechanism covers both kinds of models. Global module hooks, also
 registered only for that forward, keep a stack of the running module so each call is named after the
 module it happens in. On other steps nothing of this exists, so it costs nothing.
+
+The mode runs Python around every torch call of the forward (about 10% of a small CNN's forward). When a
+sampled forward shows that every activation call is the single call inside an activation module
+(``nn.ReLU``, ``nn.Tanh``, ...), later samples hook just those modules for the forward instead, with the
+same names and statistics; every ``REDISCOVER_EVERY``-th sampled forward uses the mode again, so a
+functional call that appears later is still found.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -121,6 +128,10 @@ def _activation_name(func: Any) -> str | None:
     return found
 
 
+REDISCOVER_EVERY = 16
+"""On the module-hook path, every this many sampled forwards run under the function mode again."""
+
+
 class ActivationProbe:
     """Owns the per-call-site state and the short-lived mode and hooks of one sampled forward pass."""
 
@@ -136,11 +147,13 @@ class ActivationProbe:
         self.max_sites = max_sites
         self.names: dict[int, str] = {}
         self.activation_modules: set[str] = set()
+        self._modules: dict[str, weakref.ref[nn.Module]] = {}
         for name, module in model.named_modules():
             label = name or "(root)"
             self.names[id(module)] = label
             if isinstance(module, ACTIVATION_MODULES):
                 self.activation_modules.add(label)
+                self._modules[label] = weakref.ref(module)
         self.sites: dict[str, _SiteState] = {}
         self.dropped_sites: set[str] = set()
         self._stack: list[str | None] = []
@@ -148,17 +161,33 @@ class ActivationProbe:
         self._mode: _Mode | None = None
         self._handles: list[RemovableHandle] = []
         self._observed: set[str] = set()
+        self.module_calls: dict[str, tuple[str, ActivationSpec]] | None = None
+        """Activation module label -> (function, spec) while the module-hook path is on, else None."""
+        self._hooked = False
+        self._forwards = 0
+        self._invoked: dict[str, int] = {}  # activation-module calls in the running mode forward
+        self._seen: dict[str, list[tuple[str, ActivationSpec]]] = {}  # their activation calls
+        self._functional = False  # an activation call outside an activation module was seen
 
     # -- lifetime of one forward pass -------------------------------------------------------------
     @property
     def active(self) -> bool:
-        return self._mode is not None
+        return self._mode is not None or self._hooked
 
     def begin(self) -> None:
         """Called from the root module's forward pre-hook of a sampled, training forward pass."""
         self.end()
-        self._stack = ["(root)"]
         self._calls = {}
+        self._forwards += 1
+        if self.module_calls is not None and self._forwards % REDISCOVER_EVERY:
+            for label in self.module_calls:
+                module = self._modules[label]()
+                if module is not None:
+                    self._handles.append(module.register_forward_hook(self._module_hook))
+            self._hooked = True
+            return
+        self._stack = ["(root)"]
+        self._invoked, self._seen, self._functional = {}, {}, False
         reg_pre = torch.nn.modules.module.register_module_forward_pre_hook
         reg_post = torch.nn.modules.module.register_module_forward_hook
         self._handles = [reg_pre(self._push), reg_post(self._pop, always_call=True)]
@@ -170,13 +199,31 @@ class ActivationProbe:
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
+            self._choose_path()
         for h in self._handles:
             h.remove()
         self._handles = []
         self._stack = []
+        self._hooked = False
+
+    def _choose_path(self) -> None:
+        """After a forward under the mode: hook activation modules from now on if that sees the same calls."""
+        single = (not self._functional and bool(self._seen)
+                  and all(len(self._seen.get(label, ())) == n for label, n in self._invoked.items())
+                  and all(len({fn for fn, _ in calls}) == 1 for calls in self._seen.values()))
+        self.module_calls = {label: calls[0] for label, calls in self._seen.items()} if single else None
+
+    def _module_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        entry = self.module_calls.get(self.names.get(id(module), "")) if self.module_calls else None
+        if entry is not None and isinstance(output, Tensor):
+            self.guard_call("activations", self._record, self.names[id(module)], entry[0], entry[1], output)
+        return None
 
     def _push(self, module: nn.Module, args: Any) -> None:
-        self._stack.append(self.names.get(id(module)))
+        label = self.names.get(id(module))
+        if label in self._modules:
+            self._invoked[label] = self._invoked.get(label, 0) + 1  # type: ignore[index]
+        self._stack.append(label)
 
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._stack:
@@ -190,12 +237,21 @@ class ActivationProbe:
 
     # -- per call -------------------------------------------------------------------------------
     def observe(self, fn: str, spec: ActivationSpec, out: Tensor) -> None:
-        """Record one activation output (device work only). An empty output (a batch of zero, an expert
-        that got no tokens) tells nothing about its units and is skipped."""
+        """Record one activation output seen by the mode (device work only)."""
+        ctx = self._context()
+        if ctx in self.activation_modules:
+            self._seen.setdefault(ctx, []).append((fn, spec))
+            base = ctx
+        else:
+            self._functional = True
+            base = f"{ctx}:{fn}"
+        self._record(base, fn, spec, out)
+
+    def _record(self, base: str, fn: str, spec: ActivationSpec, out: Tensor) -> None:
+        """Statistics of one activation output at site ``base`` (``#k`` added for repeated calls). An empty
+        output (a batch of zero, an expert that got no tokens) tells nothing about its units: skipped."""
         if out.numel() == 0:
             return
-        ctx = self._context()
-        base = ctx if ctx in self.activation_modules else f"{ctx}:{fn}"
         n = self._calls.get(base, 0)
         self._calls[base] = n + 1
         key = base if n == 0 else f"{base}#{n}"
@@ -206,25 +262,24 @@ class ActivationProbe:
                 return
             site = self.sites[key] = _SiteState(fn, spec)
         self._observed.add(key)
-        with torch.no_grad():
-            x = out.detach()
-            peak = None
-            if spec.dead:
-                peak = stats.unit_peaks(x)
-                alive = peak > 0
-                if site.last_alive is None or site.last_alive.shape != alive.shape or site.last_alive.device != alive.device:
-                    site.last_alive = torch.full(alive.shape, -1, dtype=torch.int64, device=alive.device)
-                    site.seen = 0
-                site.units = alive.numel()
-                site.last_alive = torch.where(alive, site.seen, site.last_alive)
-                site.seen += 1
-            else:
-                site.units = x.shape[stats.unit_axis(x.ndim)] if x.ndim else 1
-            if spec.half_width is not None:
-                site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
-                site.numel += x.numel()
-            site.nonfinite.append(_nonfinite(site, fn, x, peak))
-            site.counted.append(site.exact)
+        x = out.detach()  # every op below reads a detached tensor: nothing is recorded for autograd
+        peak = None
+        if spec.dead:
+            peak = stats.unit_peaks(x)
+            alive = peak > 0
+            if site.last_alive is None or site.last_alive.shape != alive.shape or site.last_alive.device != alive.device:
+                site.last_alive = torch.full(alive.shape, -1, dtype=torch.int64, device=alive.device)
+                site.seen = 0
+            site.units = alive.numel()
+            site.last_alive = torch.where(alive, site.seen, site.last_alive)
+            site.seen += 1
+        else:
+            site.units = x.shape[stats.unit_axis(x.ndim)] if x.ndim else 1
+        if spec.half_width is not None:
+            site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
+            site.numel += x.numel()
+        site.nonfinite.append(_nonfinite(site, fn, x, peak))
+        site.counted.append(site.exact)
 
     # -- per sampled step -----------------------------------------------------------------------
     def queue(self, batch: DeviceBatch) -> list[str]:

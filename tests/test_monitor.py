@@ -230,6 +230,87 @@ def test_empty_activation_outputs_are_skipped_not_counted_as_probe_failures():
     mon.close()
 
 
+class _ModuleActs(nn.Module):
+    """Activation modules only (the mode can hand over to module hooks), one made dead, one saturated."""
+
+    def __init__(self, functional_from_call: int | None = None) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.relu = nn.ReLU()
+        self.b = nn.Linear(32, 32)
+        self.dead = nn.ReLU(inplace=True)
+        self.c = nn.Linear(32, 8)
+        self.tanh = nn.Tanh()
+        self.head = nn.Linear(8, 4)
+        self.functional_from_call = functional_from_call
+        self.calls = 0
+        with torch.no_grad():
+            self.b.bias.fill_(-100.0)
+            self.c.weight.mul_(20.0)
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.relu(self.relu(self.a(x)))  # the same module twice: "relu" and "relu#1"
+        h = self.tanh(self.c(self.dead(self.b(h)) + h))
+        if self.functional_from_call is not None and self.calls >= self.functional_from_call:
+            h = F.gelu(h)  # a functional call that appears only later
+        return self.head(h)
+
+
+def _activation_run(steps: int, **model_args):
+    torch.manual_seed(0)
+    model = _ModuleActs(**model_args)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = agent.attach(model, opt, port=None, sample_every=1)
+    paths = []
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        paths.append(mon.probe.module_calls is not None)
+    return mon, paths
+
+
+def test_module_activations_hand_over_from_the_mode_to_module_hooks_with_identical_results(monkeypatch):
+    import agent.probes as probes
+
+    entered = []
+
+    class CountingMode(probes._Mode):
+        def __enter__(self):
+            entered.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(probes, "_Mode", CountingMode)
+    hooked, paths = _activation_run(12)
+    assert len(entered) == 1  # the first sampled forward only; the other 11 hooked the modules
+    assert paths[0] and hooked.probe.module_calls.keys() == {"relu", "dead", "tanh"}
+    assert hooked.probe.module_calls["tanh"][0] == "tanh"
+    monkeypatch.setattr(probes, "REDISCOVER_EVERY", 1)  # every sampled forward under the mode
+    moded, _ = _activation_run(12)
+    assert hooked.snapshot.activations == moded.snapshot.activations
+    acts = {a.key: a for a in hooked.snapshot.activations}
+    assert set(acts) == {"relu", "relu#1", "dead", "tanh"}
+    assert acts["dead"].dead_ratio == 1.0 and acts["tanh"].saturated_ratio > 0.5
+    hooked.close()
+    moded.close()
+
+
+def test_a_functional_call_keeps_or_brings_back_the_function_mode(monkeypatch):
+    import agent.probes as probes
+
+    monkeypatch.setattr(probes, "REDISCOVER_EVERY", 4)
+    mon, paths = _activation_run(16, functional_from_call=6)
+    assert paths[:5] == [True] * 5  # module activations only: hooks
+    assert not any(paths[8:])  # the mode came back at the 8th sampled forward and found F.gelu
+    assert "(root):gelu" in {a.key for a in mon.snapshot.activations}
+    mon.close()
+    mon, paths = _activation_run(3, functional_from_call=1)
+    assert not any(paths)
+    mon.close()
+
+
 def test_repeated_calls_and_nested_modules_get_distinct_names():
     class Block(nn.Module):
         def __init__(self):

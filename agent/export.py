@@ -118,8 +118,8 @@ class NNWatchCollector:
         for probe, n in sorted(m.guard.errors.items()):
             err.add_metric([*ev, probe], n)
         yield err
-        yield from self._one("counter", "nnwatch_agent_time_seconds", "Time the agent spent on the training thread.", m.guard.seconds)
-        yield from self._one("gauge", "nnwatch_agent_overhead_ratio", "Agent time as a share of step time over the last sample interval (0..1).", m.overhead_ratio)
+        yield from self._one("counter", "nnwatch_agent_time_seconds", "Time the agent spent on the training thread, including its estimated cost inside sampled forwards.", m.guard.seconds)
+        yield from self._one("gauge", "nnwatch_agent_overhead_ratio", "Agent time as a share of step time over the last sample interval (0..1); the overhead budget holds it at overhead_budget.", m.overhead_ratio)
         yield from self._one("counter", "nnwatch_eval_in_train_mode_forwards", "Forward passes without autograd while dropout/batch-norm modules were in training mode.", m.eval_in_train_forwards)
         const = self._family("gauge", "nnwatch_constant_weights", "Layers with a >= 2-D weight of zero spread at attach (1 = constant).", ["module"])
         for module in m.constant_weights:

@@ -195,6 +195,11 @@ def markdown(results: dict[str, Any], png_name: str = "benchmarks.png") -> str:
         f"- CPU: {m['cpu']}, {m['cores']} cores, torch intra-op threads: {m['torch_threads']}; "
         f"memory {m['memory_gib']:.0f} GiB; {m['os']}",
         f"- Python {m['python']}, torch {m['torch']}, nnwatch {m['nnwatch']}, wandb {m['wandb'] or 'not installed'}",
+        f"- Allocator: {m.get('allocator') or 'not recorded'}. By default glibc maps every allocation above 32 MiB "
+        "afresh and unmaps it on free, so each step of a 64M-parameter model faults in about 770 MB of new pages "
+        "(half its step time here, and wandering by +-10% between model copies on this VM); kept memory is what "
+        "a caching allocator (jemalloc, tcmalloc) gives anyway (benchmarks/allocator.py, `--system-allocator` "
+        "to leave it).",
         f"- GPU: {m['cuda'] or 'none. No GPU machine was available for this work, so there are no CUDA figures; the harness measures the CPU training loop and runs unchanged on CUDA.'}",
         f"- 1-minute load average before/after: {results['load'][0]:.1f} / {results['load'][1]:.1f}. This is a "
         "2-core virtual machine whose speed wanders: two identical training loops stepped in turn differ by about "

@@ -25,6 +25,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import torch  # noqa: E402
 
 from . import report  # noqa: E402
+from .allocator import keep_freed_memory  # noqa: E402
 from .arms import ARMS, have_wandb  # noqa: E402
 from .floor import measure_floor  # noqa: E402
 from .machine import describe  # noqa: E402
@@ -56,12 +57,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--update", action="store_true",
                    help="merge into the results already in --out: rows of the models run now replace theirs, the rest stay")
     p.add_argument("--skip-scaling", action="store_true", help="no /metrics sweep and no memory accounting")
+    p.add_argument("--system-allocator", action="store_true",
+                   help="leave glibc's malloc as it is (default: keep freed memory, see benchmarks/allocator.py)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.getLogger("nnwatch").setLevel(logging.ERROR)  # findings on toy data are not the point here
+    allocator = None if args.system_allocator else keep_freed_memory()  # before any model is built
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
@@ -81,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     command = "python -m benchmarks.run" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     print(f"nnwatch benchmarks ({'quick' if quick else 'full'}): {len(families) * len(sizes)} models, arms {', '.join(arms)}", flush=True)
-    results: dict[str, Any] = {"machine": describe(), "mode": "quick" if quick else "full", "command": command.strip(),
+    machine = describe()
+    machine["allocator"] = allocator or "the system's malloc, as it is"
+    results: dict[str, Any] = {"machine": machine, "mode": "quick" if quick else "full", "command": command.strip(),
                                "started": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
                                "overhead": [], "floor": [], "render": [], "memory": [], "notes": notes}
 
     partial = out / "benchmarks.partial.json"
-    print("step-time overhead (median ratio to the plain loop):", flush=True)
+    print("step-time overhead (amortized ratio to the plain loop, interleaved step by step):", flush=True)
     for size in sizes:
         for family in families:
             results["overhead"].append(run_overhead(workload(family, size, args.device), arms, budget_s=budgets[size], reps=args.reps))

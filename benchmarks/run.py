@@ -1,6 +1,6 @@
 """Run the benchmarks and write docs/benchmarks.md and docs/benchmarks.png.
 
-    python -m benchmarks.run            # full: 3 families x 1M..64M parameters, ~50 minutes
+    python -m benchmarks.run            # full: 3 families x 1M..64M parameters, ~1 hour
     python -m benchmarks.run --quick    # 3 families at 1M, short scaling sweep, ~4 minutes
 
 Full runs write into docs/ (the committed results); quick runs into benchmarks/out/ unless --out is

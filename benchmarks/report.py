@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import sys
 from dataclasses import asdict
@@ -38,7 +39,20 @@ def dump(results: dict[str, Any], path: Path) -> None:
     for key in ("overhead", "floor", "render", "memory"):
         out[key] = [asdict(r) for r in results[key]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    # Step times are most of the file: 9 significant digits (sub-nanosecond on a step) and one line per list
+    # keep it small; JSON strings hold no raw newlines, so only the space between list items is dropped.
+    text = json.dumps(_rounded(out), indent=1)
+    path.write_text(re.sub(r"\[([^\[\]{}]*)\]", lambda m: "[" + re.sub(r"\n\s*", "", m.group(1)) + "]", text))
+
+
+def _rounded(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.9g}")
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    return obj
 
 
 def _mb(n: float) -> str:

@@ -11,7 +11,7 @@ from agent import stats
 
 
 def ref_sq(t: torch.Tensor) -> float:
-    return float((t.double() ** 2).sum())
+    return float((t.detach().double() ** 2).sum())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -34,6 +34,32 @@ def test_squared_norms_mixed_groups_keep_order_and_handle_empty():
 def test_squared_norms_non_contiguous():
     t = torch.arange(12.0).reshape(3, 4).t()
     assert float(stats.squared_norms([t])[0]) == ref_sq(t)
+
+
+@pytest.mark.parametrize("odd", [None, "transposed", "channels_last", "float64", "sparse"])
+def test_squared_norms_fast_path_matches_general_path(odd):
+    # Under no_grad, a list of plain contiguous float32 CPU tensors takes the one-pass path; any other
+    # tensor in the list sends all of them through the general loop. Both must give the same values.
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(6, 5)
+    lin(torch.randn(3, 6, generator=g)).square().sum().backward()
+    tensors = [lin.weight, lin.bias, lin.weight.grad, lin.bias.grad, torch.tensor(3.0), torch.zeros(0),
+               torch.randn(2, 3, 4, 5, generator=g)]
+    extra = {"transposed": lambda: torch.randn(4, 7, generator=g).t(),
+             "channels_last": lambda: torch.randn(2, 3, 4, 5, generator=g).to(memory_format=torch.channels_last),
+             "float64": lambda: torch.randn(9, dtype=torch.float64, generator=g),
+             "sparse": lambda: torch.randn(5, 4, generator=g).to_sparse()}
+    if odd is not None:
+        tensors.insert(3, extra[odd]())
+    with torch.no_grad():
+        fast = stats.squared_norms(tensors)
+        assert (stats._cpu_float32_dots(tensors) is None) == (odd is not None)  # which path ran
+    general = stats.squared_norms(tensors)  # grad enabled: the general loop (detaches first)
+    assert len(fast) == len(tensors)
+    for t, a, b in zip(tensors, fast, general):
+        assert a.dtype == torch.float32 and a.ndim == 0 and not a.requires_grad
+        assert float(a) == float(b)
+        assert math.isclose(float(a), ref_sq(t.to_dense() if t.is_sparse else t), rel_tol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

@@ -240,7 +240,8 @@ def test_fsdp2_squared_norms_add_up_to_the_true_norms(tmp_path):
     proc = subprocess.run([*_torchrun(), "--standalone", "--nproc-per-node", "2",
                            str(ROOT / "tests" / "setups" / "fsdp_train.py"), "--out", str(out)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    written = sorted(p.name for p in tmp_path.glob("fsdp.rank*.json"))
+    assert proc.returncode == 0, f"results written: {written}\n" + proc.stdout[-2000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"fsdp.rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
         assert r["sharded"] and r["per_module"]  # every rank exports its shards' squares

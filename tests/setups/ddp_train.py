@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import agent  # noqa: E402
 from tests.setups.tasks import Teacher  # noqa: E402
+from tests.setups.teardown import finish  # noqa: E402
 
 
 def main() -> None:
@@ -66,7 +67,8 @@ def main() -> None:
     while not os.path.exists(args.done) and time.monotonic() < deadline:
         time.sleep(0.1)
     monitor.close()
-    dist.destroy_process_group()
+    del monitor, ddp, model, opt, x, y, loss
+    finish()
 
 
 if __name__ == "__main__":

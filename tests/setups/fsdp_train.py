@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import agent  # noqa: E402
 from agent.export import NNWatchCollector  # noqa: E402
 from tests.setups.tasks import Teacher  # noqa: E402
+from tests.setups.teardown import finish  # noqa: E402
 
 
 def full_norms(model: nn.Module, grads: bool) -> dict[str, float]:
@@ -71,7 +72,8 @@ def main() -> None:
         "exported": exported,
     }))
     monitor.close()
-    dist.destroy_process_group()
+    del monitor, task, exported, reg, model, opt, x, y, loss
+    finish()
 
 
 if __name__ == "__main__":

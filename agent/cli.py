@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-COMMAND_MODULES = ("agent.demo", "agent.rules", "agent.stack", "agent.dashboards")
+COMMAND_MODULES = ("agent.demo", "agent.rules", "agent.stack", "agent.dashboards", "agent.native")
 """Modules that add subcommands (missing ones are skipped) and, optionally, generators."""
 
 GENERATOR_MODULES = ("agent.checkdoc", "agent.rules", "agent.dashboards", "agent.chart")

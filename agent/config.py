@@ -42,6 +42,10 @@ class Options:
     update_copy_max_bytes: int = 512 * 2**20
     """Largest transient weight copy for update ratios, in bytes; bigger models are measured a slice of
     layers per sampled step, in rotation."""
+    native: bool = True
+    """Build and use the C++ statistics kernels for CPU parameters (agent.native): a background build of a few
+    seconds the first time on a machine, cached afterwards; without a C++ compiler the torch-op path is
+    used. No effect on GPU models. Env: ``NNWATCH_NATIVE=0`` also turns it off."""
     dead_window: int = 8
     """A unit counts as dead when it was never positive in this many consecutive sampled forward passes."""
     max_modules: int = 200

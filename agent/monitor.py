@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import stats
+from . import native, stats
 from ._version import __version__
 from .checks import CheckEngine, Finding
 from .config import Options
@@ -131,8 +131,10 @@ class Monitor:
             module = pname.rpartition(".")[0] or ROOT
             self._params.append(_Param(module, pname, p))
         self._train_sensitive = [m for m in model.modules() if isinstance(m, _TRAIN_MODE_SENSITIVE)]
+        if options.native and any(p.ref.is_cpu for p in self._params):
+            native.start()  # background build/load; CPU statistics use torch ops until it is ready
         self.eval_in_train_forwards = 0
-        self._grad_sq: dict[int, Tensor] = {}
+        self._grad_sq: tuple[list[int], Tensor] = ([], torch.zeros(0))  # parameter indices, squared norms
         self._params_without_grad: dict[str, int] = {}
         self._weight_copy: list[tuple[int, Tensor]] = []
         self._copies = WeightCopies()  # scratch buffers for the update copy (kept on CPU, see agent.updates)
@@ -270,7 +272,7 @@ class Monitor:
         self._finalizer.detach()
         self._weight_copy = []
         self._copies.clear()
-        self._grad_sq = {}
+        self._grad_sq = ([], torch.zeros(0))
         self._pending_losses = []
         self._params = []
         self._train_sensitive = []
@@ -361,9 +363,7 @@ class Monitor:
             self._uncleared_sq = torch.zeros(())  # measured: nothing left over
             return
         with torch.no_grad():
-            sq = stats.squared_norms(grads)
-            dev = sq[0].device
-            self._uncleared_sq = torch.stack([s.to(dev) for s in sq]).sum()
+            self._uncleared_sq = stats.squared_norm_vector(grads).sum()
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._sampled:
@@ -413,8 +413,7 @@ class Monitor:
         with torch.no_grad():
             trainable = self._trainable()
             with_grad = [(i, p.ref.grad) for i, p in trainable if p.ref.grad is not None]
-            sq = stats.squared_norms([g for _, g in with_grad])
-            self._grad_sq = {i: s for (i, _), s in zip(with_grad, sq)}
+            self._grad_sq = ([i for i, _ in with_grad], stats.squared_norm_vector([g for _, g in with_grad]))
             missing: dict[str, int] = {}
             for i, p in trainable:
                 if p.ref.grad is None:
@@ -454,17 +453,22 @@ class Monitor:
         trainable = self._trainable()
         with torch.no_grad():
             # Weights with a copy from before the step get their norm and their update's norm from one
-            # fused pass (stats.update_squared_norms); the others just their norm.
+            # fused pass (stats.update_squared_norm_vectors); the others just their norm. One vector per
+            # list: a sampled step costs a few tensor ops, not Python work per parameter.
             idx = [i for i, _ in self._weight_copy]
-            upd, w_copied = stats.update_squared_norms([self._params[i].ref for i in idx], [c for _, c in self._weight_copy],
-                                                       overwrite_old=True)  # the copies are our scratch buffers
-            w_sq = dict(zip(idx, w_copied))
-            rest = [(i, p) for i, p in trainable if i not in w_sq]
-            w_sq.update(zip([i for i, _ in rest], stats.squared_norms([p.ref for _, p in rest])))
-            # One stacked vector per kind: the per-parameter values cost a few tensor ops, not Python per value.
-            batch.add_many([("w", i) for i, _ in trainable], [w_sq[i] for i, _ in trainable])
-            batch.add_many([("g", i) for i in self._grad_sq], list(self._grad_sq.values()))
-            batch.add_many([("u", i) for i in idx], upd)
+            if idx:
+                upd, w_copied = stats.update_squared_norm_vectors(
+                    [self._params[i].ref for i in idx], [c for _, c in self._weight_copy],
+                    overwrite_old=True)  # the copies are our scratch buffers
+                batch.add_vector([("w", i) for i in idx], w_copied)
+                batch.add_vector([("u", i) for i in idx], upd)
+            copied = set(idx)
+            rest = [(i, p) for i, p in trainable if i not in copied]
+            if rest:
+                batch.add_vector([("w", i) for i, _ in rest], stats.squared_norm_vector([p.ref for _, p in rest]))
+            grad_idx, grad_sq = self._grad_sq
+            if grad_idx:
+                batch.add_vector([("g", i) for i in grad_idx], grad_sq)
             self._weight_copy = []
             if self._pending_losses:
                 losses = _stack_scalars(self._pending_losses)
@@ -515,7 +519,7 @@ class Monitor:
         self._pending_losses = []
         self._pending_val = []
         self._pending_scalars = {}
-        self._grad_sq = {}
+        self._grad_sq = ([], torch.zeros(0))
         self._uncleared_sq = None
         with self._lock:
             self._snapshot = snap

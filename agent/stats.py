@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import native
+
 
 def _groups(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
@@ -82,6 +84,68 @@ def squared_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 
 _CPU_DOT = (torch.float32, torch.float64)
+
+
+_NATIVE_MISS = (RuntimeError, NotImplementedError, TypeError, ValueError)
+"""What the native ops raise for a list they do not take (another dtype, a non-contiguous or sparse tensor)."""
+
+
+def _native_candidate(tensors: Sequence[Tensor]) -> object | None:
+    """The native ops when they are loaded and the list may be theirs (checked on its first tensor;
+    the op checks every tensor and raises for a list it does not take)."""
+    ops = native.kernels()
+    if ops is None or not tensors:
+        return None
+    t = tensors[0]
+    return ops if t.is_cpu and type(t) in _PLAIN else None
+
+
+def _stack_on_first(values: Sequence[Tensor]) -> Tensor:
+    if not values:
+        return torch.zeros(0)
+    dev = values[0].device
+    return torch.stack([v if v.device == dev else v.to(dev) for v in values])
+
+
+def squared_norm_vector(tensors: Sequence[Tensor]) -> Tensor:
+    """``squared_norms`` as one 1-D float32 tensor (entry i for tensor i) on the first tensor's device.
+
+    The form the agent uses: one tensor per list, so a sampled step never handles a value per parameter
+    in Python. Dense contiguous float32 CPU tensors go through one native call for the whole list when
+    the kernels are built (agent.native): at the rate of one flat read of the data, where one dot product
+    per tensor costs about a microsecond each. Otherwise ``squared_norms``, stacked; values from other
+    devices are moved to the first tensor's device. An empty list gives an empty CPU tensor.
+    """
+    ops = _native_candidate(tensors)
+    if ops is not None:
+        try:
+            return ops.sum_squares(list(tensors))  # type: ignore[attr-defined]
+        except _NATIVE_MISS:
+            pass  # not all dense contiguous float32 CPU tensors: the torch-op path below
+    return _stack_on_first(squared_norms(tensors))
+
+
+def update_squared_norm_vectors(new: Sequence[Tensor], old: Sequence[Tensor], *,
+                                overwrite_old: bool = False) -> tuple[Tensor, Tensor]:
+    """``update_squared_norms`` as two 1-D float32 tensors: ``(||new_i - old_i||^2, ||new_i||^2)``.
+
+    With the native kernels and dense contiguous float32 CPU tensors, one call reads each pair once
+    (8 bytes per parameter) and writes nothing, ``old`` included. Otherwise ``update_squared_norms``,
+    which with ``overwrite_old=True`` may overwrite ``old`` (a scratch copy the caller owns).
+    """
+    if len(new) != len(old):
+        raise ValueError(f"update_squared_norm_vectors needs pairs, got {len(new)} new and {len(old)} old tensors")
+    ops = _native_candidate(new)
+    if ops is not None:
+        try:
+            both = ops.update_sums(list(new), list(old))  # type: ignore[attr-defined]
+            return both[0], both[1]
+        except _NATIVE_MISS:
+            pass
+    upd, wsq = update_squared_norms(new, old, overwrite_old=overwrite_old)
+    return _stack_on_first(upd), _stack_on_first(wsq)
+
+
 
 
 def _cpu_float32_dots(tensors: Sequence[Tensor]) -> list[Tensor] | None:
@@ -259,6 +323,8 @@ __all__ = [
     "local_values",
     "readable_values",
     "squared_norms",
+    "squared_norm_vector",
+    "update_squared_norm_vectors",
     "nonfinite_count",
     "nonfinite_float_count",
     "difference_squared_norms",

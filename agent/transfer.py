@@ -41,6 +41,15 @@ class DeviceBatch:
         for key, value in zip(keys, values):
             self.add(key, value)
 
+    def add_vector(self, keys: Sequence[Hashable], vector: Tensor) -> None:
+        """Queue a 1-D tensor holding one value per key (e.g. ``stats.squared_norm_vector``)."""
+        if vector.ndim != 1 or vector.numel() != len(keys):
+            raise ValueError(f"add_vector needs a 1-D tensor with one value per key, got shape {tuple(vector.shape)} "
+                             f"for {len(keys)} keys")
+        if keys:
+            self._groups.append((keys, vector))
+            self._count += len(keys)
+
     def __len__(self) -> int:
         return self._count
 

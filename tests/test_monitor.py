@@ -124,7 +124,7 @@ def test_raising_probe_does_not_stop_training_and_is_counted(monkeypatch, caplog
 def test_raising_gradient_capture_is_guarded(monkeypatch):
     model, opt = make()
     mon = agent.attach(model, opt, port=None, sample_every=1)
-    monkeypatch.setattr(agent.monitor.stats, "squared_norms", lambda *a: 1 / 0)
+    monkeypatch.setattr(agent.monitor.stats, "squared_norm_vector", lambda *a: 1 / 0)
     train(model, opt, 4, monitor=mon)
     assert mon.guard.errors["gradients"] >= 1
     assert mon.step_index == 4

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from agent import stats
+from agent import native, stats
 from agent.updates import WeightCopies
 
 from .models import Workload, synchronize
@@ -35,7 +35,8 @@ class FloorResult:
     floor: float
     """One read of every gradient and weight (flat dot product)."""
     norms: float
-    """agent.stats.squared_norms over gradients and weights."""
+    """agent.stats.squared_norm_vector over gradients and weights: what a sampled step runs (the native
+    kernels when they are built, see ``native``)."""
     update: float
     """Weight copy + fused update and weight norms (agent.updates, agent.stats.update_squared_norms)."""
     update_floor: float = float("nan")
@@ -44,10 +45,18 @@ class FloorResult:
     """Gradients and weights read by ``norms`` (one kernel call each on CPU)."""
     calls: float = float("nan")
     """``tensors`` dot products of one-element tensors: what ``tensors`` kernel calls cost before any data."""
+    norms_torch: float = float("nan")
+    """The same norms through torch ops only (one dot product per tensor): the path without native kernels."""
+    native: str = ""
+    """State of agent.native when measured: ``ready`` means ``norms`` and ``update`` used the C++ kernels."""
 
     @property
     def norms_ratio(self) -> float:
         return self.norms / self.floor
+
+    @property
+    def torch_ratio(self) -> float:
+        return self.norms_torch / self.floor
 
     @property
     def update_ratio(self) -> float:
@@ -101,19 +110,20 @@ def measure_floor(workload: Workload, reps: int = 15) -> FloorResult:
 
         def update() -> None:  # what a sampled optimizer step does for update and weight norms
             old = copies.copy(weights)
-            stats.update_squared_norms(weights, old, overwrite_old=True)
+            stats.update_squared_norm_vectors(weights, old, overwrite_old=True)
 
         # Interleave the three so that machine noise hits them alike; keep each one's best.
         one = torch.ones(1, device=dev)
         count = len(weights) + len(grads)
-        floor = norms = upd = upd_floor = calls = float("inf")
+        floor = norms = upd = upd_floor = calls = torch_ops = float("inf")
         for _ in range(reps):
             calls = min(calls, _best(lambda: [torch.dot(one, one) for _ in range(count)], 1, dev))
             floor = min(floor, _best(lambda: torch.dot(flat, flat), 1, dev))
             upd_floor = min(upd_floor, _best(lambda: (flat_copy.copy_(flat_w), torch.dot(flat_w, flat_copy)), 1, dev))
-            norms = min(norms, _best(lambda: (stats.squared_norms(grads), stats.squared_norms(weights)), 1, dev))
+            norms = min(norms, _best(lambda: (stats.squared_norm_vector(grads), stats.squared_norm_vector(weights)), 1, dev))
+            torch_ops = min(torch_ops, _best(lambda: (stats.squared_norms(grads), stats.squared_norms(weights)), 1, dev))
             upd = min(upd, _best(update, 1, dev))
     params = sum(w.numel() for w in weights)
     del model, opt, flat, flat_w, flat_copy, copies, weights, grads
     gc.collect()
-    return FloorResult(workload.name, params, floor, norms, upd, upd_floor, count, calls)
+    return FloorResult(workload.name, params, floor, norms, upd, upd_floor, count, calls, torch_ops, native.status().state)

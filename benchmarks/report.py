@@ -157,9 +157,10 @@ def _agent_table(rows: list[OverheadResult]) -> list[str]:
 
 
 def _floor_table(rows: list[FloorResult], overhead: dict[str, OverheadResult]) -> list[str]:
-    out = ["| model | params | tensors | floor ms (GB/s) | norms ms (x floor) | floor + one call per tensor, ms "
-           "(norms x that) | update + weight norms ms (x floor; x its own floor) | whole sampled step, extra ms (x floor) |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| model | params | tensors | floor ms (GB/s) | norms ms (x floor) | torch ops only, ms (x floor) | "
+           "floor + one call per tensor, ms | update + weight norms ms (x floor; x its own floor) | "
+           "whole sampled step, extra ms (x floor) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for f in rows:
         extra = ""
         o = overhead.get(f.workload)
@@ -168,7 +169,8 @@ def _floor_table(rows: list[FloorResult], overhead: dict[str, OverheadResult]) -
             if d is not None:
                 extra = f"{d:.2f} ({d / 1000 / f.floor:.1f}x)"
         out.append(f"| {f.workload} | {f.params / 1e6:.1f}M | {f.tensors} | {1000 * f.floor:.3f} ({f.gb_per_s:.0f}) | "
-                   f"{1000 * f.norms:.3f} ({f.norms_ratio:.2f}x) | {1000 * (f.floor + f.calls):.3f} ({f.call_floor_ratio:.2f}x) | "
+                   f"{1000 * f.norms:.3f} ({f.norms_ratio:.2f}x) | {_fmt(1000 * f.norms_torch, '.3f')} ({_fmt(f.torch_ratio, '.2f')}x) | "
+                   f"{1000 * (f.floor + f.calls):.3f} | "
                    f"{1000 * f.update:.3f} ({f.update_ratio:.2f}x; {f.update_own_ratio:.2f}x) | {extra} |")
     return out
 
@@ -209,6 +211,7 @@ def markdown(results: dict[str, Any], png_name: str = "benchmarks.png") -> str:
         f"- CPU: {m['cpu']}, {m['cores']} cores, torch intra-op threads: {m['torch_threads']}; "
         f"memory {m['memory_gib']:.0f} GiB; {m['os']}",
         f"- Python {m['python']}, torch {m['torch']}, nnwatch {m['nnwatch']}, wandb {m['wandb'] or 'not installed'}",
+        f"- nnwatch native CPU kernels (agent.native): {m.get('native') or 'not recorded (before they existed)'}",
         f"- Allocator: {m.get('allocator') or 'not recorded'}. By default glibc maps every allocation above 32 MiB "
         "afresh and unmaps it on free, so each step of a 64M-parameter model faults in about 770 MB of new pages "
         "(half its step time here, and wandering by +-10% between model copies on this VM); kept memory is what "
@@ -269,13 +272,15 @@ def markdown(results: dict[str, Any], png_name: str = "benchmarks.png") -> str:
         "",
         "Floor: one read of every gradient and weight (8 bytes per parameter) as a single dot product over a flat "
         "buffer holding all of them. `norms` is what the agent runs on a sampled step for gradient and weight norms "
-        "(`agent.stats.squared_norms`: the same 8 bytes per parameter, one dot product per tensor on CPU); the budget "
-        "is 1.5x the floor. A model's tensors are separate allocations, so on CPU each costs one kernel call "
-        "of about a microsecond before any data moves; the next column adds exactly that (the model's number of "
-        "tensors times a one-element dot product) to the floor. `update + weight norms` is the exact update "
-        "measurement with the weight norm after the step: copy the weights before the optimizer step, then one "
-        "pass over weights and copy (`agent.stats.update_squared_norms`); its own floor is the same copy and read "
-        "on flat buffers. The last column is the whole extra time of an everything-every-step step over a plain "
+        "(`agent.stats.squared_norm_vector`: the same 8 bytes per parameter; on CPU with the native kernels one call "
+        "for the whole list, see the Machine section for whether they were built); the budget is 1.5x the floor. "
+        "`torch ops only` is the same through one torch dot product per tensor, the path without a C++ compiler: "
+        "a model's tensors are separate allocations, and on CPU each torch call costs about a microsecond before any "
+        "data moves, which the next column adds to the floor (the model's number of tensors times a one-element dot "
+        "product). `update + weight norms` is the exact update measurement with the weight norm after the step: copy "
+        "the weights before the optimizer step, then one pass over weights and copy "
+        "(`agent.stats.update_squared_norm_vectors`); its own floor is the same copy and read on flat buffers. "
+        "The last column is the whole extra time of an everything-every-step step over a plain "
         "one (kernels, activation probes, the host copy, snapshot, checks), from the runs above. Kernel times are "
         "minima over interleaved repetitions.",
         "",
@@ -383,6 +388,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.loglog(p, [1000 * f.floor for f in floors], "k.-", label="floor: read grads+weights once")
     ax.loglog(p, [1000 * (f.floor + f.calls) for f in floors], "k:", label="floor + one call per tensor")
     ax.loglog(p, [1000 * f.norms for f in floors], "o", label="agent norms (grads+weights)")
+    if any(f.norms_torch == f.norms_torch for f in floors):  # not NaN: measured
+        ax.loglog(p, [1000 * f.norms_torch for f in floors], "x", color="C0", label="the same, torch ops only")
     ax.loglog(p, [1000 * f.update for f in floors], "s", label="agent update + weight norms (copy + fused pass)")
     ax.loglog(p, [1000 * f.update_floor for f in floors], "--", color="C1", label="their floor: flat copy + read")
     ax.set_xlabel("parameters (millions)")

@@ -24,6 +24,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import torch  # noqa: E402
 
+from agent import native  # noqa: E402
+
 from . import report  # noqa: E402
 from .allocator import keep_freed_memory  # noqa: E402
 from .arms import ARMS, have_wandb  # noqa: E402
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     command = "python -m benchmarks.run" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     print(f"nnwatch benchmarks ({'quick' if quick else 'full'}): {len(families) * len(sizes)} models, arms {', '.join(arms)}", flush=True)
+    kernels = native.build()  # before any arm: every arm and the floor see the same statistics path
     machine = describe()
+    machine["native"] = kernels.state + (f" ({kernels.reason})" if kernels.reason else "")
     machine["allocator"] = allocator or "the system's malloc, as it is"
     results: dict[str, Any] = {"machine": machine, "mode": "quick" if quick else "full", "command": command.strip(),
                                "started": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             f = measure_floor(workload(family, size, args.device), reps=8 if quick else 15)
             results["floor"].append(f)
             print(f"  {f.workload:16s} floor {1000 * f.floor:7.3f} ms ({f.gb_per_s:4.0f} GB/s)  norms {f.norms_ratio:.2f}x  "
-                  f"update {f.update_ratio:.2f}x", flush=True)
+                  f"(torch ops {f.torch_ratio:.2f}x)  update {f.update_ratio:.2f}x", flush=True)
     if args.skip_scaling:
         layers, families_mem = [], []
     else:

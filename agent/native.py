@@ -15,10 +15,10 @@ torch-op path is used and one line says why. ``nnwatch native`` builds ahead of 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no file locks of this kind; the kernels are not built there
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("nnwatch")
 
@@ -125,7 +130,7 @@ def library_path(cxx: str) -> Path:
     h.update(SOURCE.read_bytes())
     h.update(repr(_ATTEMPTS).encode())
     for part in (torch.__version__, str(getattr(torch.version, "git_version", "")), cxx, sys.platform,
-                 os.uname().machine, str(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", ""))):
+                 platform.machine(), str(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", ""))):
         h.update(part.encode() + b"\0")
     return cache_dir() / f"kernels-{h.hexdigest()[:16]}.so"
 
@@ -184,6 +189,9 @@ def _build(nice: bool) -> Status:
     global _ops
     if not enabled_by_env():
         _set("disabled", "NNWATCH_NATIVE=0")
+        return status()
+    if fcntl is None:
+        _set("unavailable", f"not supported on {sys.platform}")
         return status()
     cxx = compiler()
     if cxx is None:

@@ -17,11 +17,14 @@ from torch import Tensor
 
 from .stats import readable_values
 
-_Key = tuple[torch.Size, torch.dtype, torch.device]
+_Key = tuple[torch.Size, tuple[int, ...], torch.dtype, torch.device]
 
 
 class WeightCopies:
-    """Hands out scratch copies of tensors; reuses kept CPU buffers of the same shape, dtype and device."""
+    """Hands out scratch copies of tensors; reuses kept CPU buffers of the same shape, strides, dtype and device.
+
+    A copy has its source's strides (a channels-last weight gets a channels-last copy), so that weights and
+    copy pair up element by element in one linear read (stats.update_squared_norm_vectors)."""
 
     def __init__(self) -> None:
         self._kept: dict[_Key, list[Tensor]] = {}
@@ -37,9 +40,9 @@ class WeightCopies:
         pool, self._kept = self._kept, {}
         dsts: list[Tensor] = []
         for src in srcs:
-            key = (src.shape, src.dtype, src.device)
+            key = (src.shape, src.stride(), src.dtype, src.device)
             free = pool.get(key)
-            buf = free.pop() if free else torch.empty_like(src, memory_format=torch.contiguous_format)
+            buf = free.pop() if free else torch.empty_like(src)  # preserve_format: the same strides when dense
             if src.device.type == "cpu":
                 self._kept.setdefault(key, []).append(buf)
             dsts.append(buf)

@@ -78,9 +78,26 @@ class FloorResult:
         return 8 * self.params / self.floor / 1e9
 
 
+SCRUB_BYTES = 16 * 2**20
+"""Size of the buffer read before every timed call (on CPU): more than the private L2 caches of the cores
+measured here (2 x 4 MiB), so that every call starts with its data out of L2, whatever ran before it. Without
+it the 1M models' figures depend on the order of the calls (a flat buffer read twice in a row is half in L2)."""
+
+_scrub: torch.Tensor | None = None
+
+
+def _evict_l2() -> None:
+    global _scrub
+    if _scrub is None:
+        _scrub = torch.ones(SCRUB_BYTES // 4)
+    torch.dot(_scrub, _scrub)
+
+
 def _best(fn: Callable[[], object], reps: int, device: str = "cpu") -> float:
     best = float("inf")
     for _ in range(reps):
+        if device == "cpu":
+            _evict_l2()
         synchronize(device)
         t0 = time.perf_counter()
         fn()

@@ -280,6 +280,9 @@ def markdown(results: dict[str, Any], png_name: str = "benchmarks.png") -> str:
         "product). `update + weight norms` is the exact update measurement with the weight norm after the step: copy "
         "the weights before the optimizer step, then one pass over weights and copy "
         "(`agent.stats.update_squared_norm_vectors`); its own floor is the same copy and read on flat buffers. "
+        "Before every timed call a 16 MiB scratch buffer is read (benchmarks/floor.py `SCRUB_BYTES`), so that each "
+        "call starts with its data out of the cores' L2 caches whatever ran before it; the 1M models' data are "
+        "about the size of those caches, and without it their figures depend on the order of the calls. "
         "The last column is the whole extra time of an everything-every-step step over a plain "
         "one (kernels, activation probes, the host copy, snapshot, checks), from the runs above. Kernel times are "
         "minima over interleaved repetitions.",

@@ -59,6 +59,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--update", action="store_true",
                    help="merge into the results already in --out: rows of the models run now replace theirs, the rest stay")
     p.add_argument("--skip-scaling", action="store_true", help="no /metrics sweep and no memory accounting")
+    p.add_argument("--floor-only", action="store_true",
+                   help="only the floor and kernel timings (a minute or two; with --update, after a kernel change)")
     p.add_argument("--system-allocator", action="store_true",
                    help="leave glibc's malloc as it is (default: keep freed memory, see benchmarks/allocator.py)")
     return p.parse_args(argv)
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     partial = out / "benchmarks.partial.json"
     print("step-time overhead (amortized ratio to the plain loop, interleaved step by step):", flush=True)
-    for size in sizes:
+    for size in sizes if not args.floor_only else ():
         for family in families:
             results["overhead"].append(run_overhead(workload(family, size, args.device), arms, budget_s=budgets[size], reps=args.reps))
             report.dump({**results, "duration_s": time.time() - started, "load": [load0, os.getloadavg()[0]]}, partial)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             results["floor"].append(f)
             print(f"  {f.workload:16s} floor {1000 * f.floor:7.3f} ms ({f.gb_per_s:4.0f} GB/s)  norms {f.norms_ratio:.2f}x  "
                   f"(torch ops {f.torch_ratio:.2f}x)  update {f.update_ratio:.2f}x", flush=True)
-    if args.skip_scaling:
+    if args.skip_scaling or args.floor_only:
         layers, families_mem = [], []
     else:
         families_mem = families
@@ -142,8 +144,9 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         fresh = {getattr(r, ident): r for r in new[key]}
         rows = [fresh.pop(getattr(r, ident), r) for r in old[key]]
         merged[key] = rows + list(fresh.values())
+    rows = [o.workload for o in new["overhead"]] or [f"the floor table ({len(new['floor'])} models)"]
     merged["notes"] = list(old.get("notes") or []) + [
-        f"- Rows of {', '.join(o.workload for o in new['overhead']) or 'no models'} re-measured on {new['started']} "
+        f"- Rows of {', '.join(rows)} re-measured on {new['started']} "
         f"with `{new['command']}` (load average {new['load'][0]:.1f} / {new['load'][1]:.1f})."]
     merged["duration_s"] = old["duration_s"] + new["duration_s"]
     return merged

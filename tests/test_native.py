@@ -81,7 +81,7 @@ def test_non_finite_values_propagate(ops, bad):
 @pytest.mark.parametrize("odd", ["float64", "non_contiguous", "sparse", "bfloat16"])
 def test_lists_the_kernels_do_not_take_fall_back_to_torch_ops(ops, odd):
     base = [torch.randn(40, 30), torch.randn(7)]
-    t = {"float64": torch.randn(20, dtype=torch.float64), "non_contiguous": torch.randn(30, 40).t(),
+    t = {"float64": torch.randn(20, dtype=torch.float64), "non_contiguous": torch.randn(30, 40)[:, ::2],
          "sparse": torch.randn(6, 6).relu().to_sparse(), "bfloat16": torch.randn(20).bfloat16()}[odd]
     ts = base + [t]
     with pytest.raises((RuntimeError, NotImplementedError)):
@@ -89,6 +89,18 @@ def test_lists_the_kernels_do_not_take_fall_back_to_torch_ops(ops, odd):
     got = stats.squared_norm_vector(ts)
     assert got.shape == (3,)
     torch.testing.assert_close(got, torch.stack(stats.squared_norms(ts)), rtol=0.0, atol=0.0)
+
+
+def test_dense_tensors_in_any_dimension_order_are_read_as_they_lie(ops):
+    w = torch.randn(8, 6, 5, 5)
+    ts = [w.to(memory_format=torch.channels_last), torch.randn(300, 40).t(), torch.randn(7)]
+    torch.testing.assert_close(ops.sum_squares(ts), _ref(ts), rtol=2e-6, atol=0.0)
+    old = [t.clone() * 0.5 for t in ts]  # clone keeps the strides: the elements pair up
+    torch.testing.assert_close(ops.update_sums(ts, old)[0], _ref([a - b for a, b in zip(ts, old)]), rtol=2e-6, atol=0.0)
+    with pytest.raises(RuntimeError, match="strides"):  # same shape, other order: elements would not pair up
+        ops.update_sums([ts[1]], [ts[1].contiguous()])
+    u, _ = stats.update_squared_norm_vectors([ts[1]], [ts[1].contiguous() * 0.5])  # falls back, still right
+    torch.testing.assert_close(u, _ref([ts[1] * 0.5]), rtol=2e-5, atol=0.0)
 
 
 def test_vectors_agree_with_and_without_the_kernels(ops, monkeypatch):

@@ -113,6 +113,18 @@ def test_weight_copies_reuse_cpu_buffers_and_free_unused_ones():
     assert copies.kept_bytes == 0
 
 
+def test_weight_copies_keep_the_strides_of_their_sources():
+    copies = WeightCopies()
+    cl = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    t = torch.randn(6, 8).t()
+    got = copies.copy([cl, t, torch.randn(3, 3)[:, ::2]])
+    assert got[0].stride() == cl.stride() and got[1].stride() == t.stride()  # elements pair up in memory
+    assert got[2].is_contiguous()  # a non-dense source gets a dense copy
+    assert all(torch.equal(c, s) for c, s in zip(got[:2], [cl, t]))
+    again = copies.copy([cl.contiguous()])  # same shape, other strides: not the kept channels-last buffer
+    assert again[0].is_contiguous() and again[0].data_ptr() != got[0].data_ptr()
+
+
 def test_device_batch_stacked_fetch_matches_per_value_reads():
     values = {("f32", 0): torch.tensor(1.5), ("f64", 1): torch.tensor(2.25, dtype=torch.float64),
               ("i64", 2): torch.tensor(7), ("vec", 3): torch.tensor([1.0, 2.0, 3.0]), ("bool", 4): torch.tensor(True),

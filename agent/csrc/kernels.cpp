@@ -66,9 +66,12 @@ void diff_squares(const float* a, const float* b, int64_t n, double* diff, doubl
   *own = ta + aa;
 }
 
+// Dense float32 CPU tensors whose elements fill one block of memory in some order (contiguous, channels-last,
+// transposed): a sum over every element does not depend on the order, so the block is read as it lies.
 void check(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && t.is_contiguous(),
-              "nnwatch::", what, " takes dense contiguous float32 CPU tensors");
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided &&
+                  t.is_non_overlapping_and_dense(),
+              "nnwatch::", what, " takes dense float32 CPU tensors (contiguous in some dimension order)");
 }
 
 std::vector<Item> split(at::TensorList xs, int64_t* total) {
@@ -129,8 +132,9 @@ at::Tensor update_sums_op(at::TensorList now, at::TensorList before) {
   for (size_t k = 0; k < now.size(); ++k) {
     check(now[k], "update_sums");
     check(before[k], "update_sums");
-    TORCH_CHECK(now[k].numel() == before[k].numel(), "nnwatch::update_sums: tensor ", k, " has ", now[k].numel(),
-                " elements now and ", before[k].numel(), " before");
+    TORCH_CHECK(now[k].sizes() == before[k].sizes() && now[k].strides() == before[k].strides(),
+                "nnwatch::update_sums: tensor ", k, " has shape ", now[k].sizes(), " and strides ", now[k].strides(),
+                " now but ", before[k].sizes(), " and ", before[k].strides(), " before");  // elements must pair up
   }
   int64_t total = 0;
   const auto items = split(now, &total);

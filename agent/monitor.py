@@ -134,7 +134,7 @@ class Monitor:
         if options.native and any(p.ref.is_cpu for p in self._params):
             native.start()  # background build/load; CPU statistics use torch ops until it is ready
         self.eval_in_train_forwards = 0
-        self._grad_sq: tuple[list[int], Tensor] = ([], torch.zeros(0))  # parameter indices, squared norms
+        self._grad_sq: list[tuple[list[int], Tensor]] = []  # (parameter indices, squared norms) per device
         self._params_without_grad: dict[str, int] = {}
         self._weight_copy: list[tuple[int, Tensor]] = []
         self._copies = WeightCopies()  # scratch buffers for the update copy (kept on CPU, see agent.updates)
@@ -272,7 +272,7 @@ class Monitor:
         self._finalizer.detach()
         self._weight_copy = []
         self._copies.clear()
-        self._grad_sq = ([], torch.zeros(0))
+        self._grad_sq = []
         self._pending_losses = []
         self._params = []
         self._train_sensitive = []
@@ -413,7 +413,7 @@ class Monitor:
         with torch.no_grad():
             trainable = self._trainable()
             with_grad = [(i, p.ref.grad) for i, p in trainable if p.ref.grad is not None]
-            self._grad_sq = ([i for i, _ in with_grad], stats.squared_norm_vector([g for _, g in with_grad]))
+            self._grad_sq = _norm_vectors([i for i, _ in with_grad], [g for _, g in with_grad])
             missing: dict[str, int] = {}
             for i, p in trainable:
                 if p.ref.grad is None:
@@ -455,20 +455,21 @@ class Monitor:
             # Weights with a copy from before the step get their norm and their update's norm from one
             # fused pass (stats.update_squared_norm_vectors); the others just their norm. One vector per
             # list: a sampled step costs a few tensor ops, not Python work per parameter.
+            # Each vector holds one device's tensors: no value moves between devices before the one copy.
             idx = [i for i, _ in self._weight_copy]
-            if idx:
+            weights = [self._params[i].ref for i in idx]
+            for group in stats.device_groups(weights):
                 upd, w_copied = stats.update_squared_norm_vectors(
-                    [self._params[i].ref for i in idx], [c for _, c in self._weight_copy],
+                    [weights[k] for k in group], [self._weight_copy[k][1] for k in group],
                     overwrite_old=True)  # the copies are our scratch buffers
-                batch.add_vector([("w", i) for i in idx], w_copied)
-                batch.add_vector([("u", i) for i in idx], upd)
+                batch.add_vector([("w", idx[k]) for k in group], w_copied)
+                batch.add_vector([("u", idx[k]) for k in group], upd)
             copied = set(idx)
-            rest = [(i, p) for i, p in trainable if i not in copied]
-            if rest:
-                batch.add_vector([("w", i) for i, _ in rest], stats.squared_norm_vector([p.ref for _, p in rest]))
-            grad_idx, grad_sq = self._grad_sq
-            if grad_idx:
-                batch.add_vector([("g", i) for i in grad_idx], grad_sq)
+            rest = [i for i, _ in trainable if i not in copied]
+            for keys, vector in _norm_vectors(rest, [self._params[i].ref for i in rest]):
+                batch.add_vector([("w", i) for i in keys], vector)
+            for keys, vector in self._grad_sq:
+                batch.add_vector([("g", i) for i in keys], vector)
             self._weight_copy = []
             if self._pending_losses:
                 losses = _stack_scalars(self._pending_losses)
@@ -519,7 +520,7 @@ class Monitor:
         self._pending_losses = []
         self._pending_val = []
         self._pending_scalars = {}
-        self._grad_sq = ([], torch.zeros(0))
+        self._grad_sq = []
         self._uncleared_sq = None
         with self._lock:
             self._snapshot = snap
@@ -715,6 +716,12 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 def _iter_values(args: tuple, kwargs: dict) -> Iterable[Any]:
     yield from args
     yield from kwargs.values()
+
+
+def _norm_vectors(keys: list[int], tensors: list[Tensor]) -> list[tuple[list[int], Tensor]]:
+    """``(keys, squared norms)`` per device of ``tensors`` (stats.squared_norm_vector on each group)."""
+    return [([keys[k] for k in group], stats.squared_norm_vector([tensors[k] for k in group]))
+            for group in stats.device_groups(tensors)]
 
 
 def _first_grad_tensor(output: Any) -> Tensor | None:

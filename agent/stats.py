@@ -107,6 +107,21 @@ def _stack_on_first(values: Sequence[Tensor]) -> Tensor:
     return torch.stack([v if v.device == dev else v.to(dev) for v in values])
 
 
+def device_groups(tensors: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by device, in first-seen order: one group in the common case. For
+    callers that want one vector per device (``squared_norm_vector`` moves values to one device)."""
+    if not tensors:
+        return []
+    first = tensors[0].device
+    devices = [t.device for t in tensors]
+    if all(d == first for d in devices):
+        return [list(range(len(tensors)))]
+    groups: dict[torch.device, list[int]] = defaultdict(list)
+    for i, d in enumerate(devices):
+        groups[d].append(i)
+    return list(groups.values())
+
+
 def squared_norm_vector(tensors: Sequence[Tensor]) -> Tensor:
     """``squared_norms`` as one 1-D float32 tensor (entry i for tensor i) on the first tensor's device.
 
@@ -325,6 +340,7 @@ __all__ = [
     "squared_norms",
     "squared_norm_vector",
     "update_squared_norm_vectors",
+    "device_groups",
     "nonfinite_count",
     "nonfinite_float_count",
     "difference_squared_norms",

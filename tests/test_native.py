@@ -246,3 +246,10 @@ def test_cli_builds_and_reports(tmp_path):
                           env={**os.environ, "NNWATCH_CACHE_DIR": str(tmp_path)}, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "native kernels ready" in proc.stdout and str(tmp_path) in proc.stdout
+
+
+def test_device_groups_keep_each_device_apart():
+    cpu, meta = torch.ones(3), torch.ones(3, device="meta")
+    assert stats.device_groups([]) == []
+    assert stats.device_groups([cpu, cpu]) == [[0, 1]]
+    assert stats.device_groups([cpu, meta, cpu, meta]) == [[0, 2], [1, 3]]

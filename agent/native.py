@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def kernels() -> Any:
 def status() -> Status:
     """A copy of this process's kernel status."""
     with _lock:
-        return Status(_status.state, _status.reason, _status.path, _status.build_seconds)
+        return replace(_status)
 
 
 def enabled_by_env() -> bool:
@@ -181,7 +181,7 @@ def build(nice: bool = False) -> Status:
         t.join()  # a background build is under way (or done): its outcome is this process's
     with _lock:
         if _status.state in ("ready", "unavailable", "disabled"):
-            return Status(_status.state, _status.reason, _status.path, _status.build_seconds)
+            return replace(_status)
     return _build(nice)
 
 
@@ -211,7 +211,7 @@ def _build(nice: bool) -> Status:
             if _ops is None:
                 torch.ops.load_library(str(path))
                 _ops = torch.ops.nnwatch
-            _status.state, _status.reason, _status.path, _status.build_seconds = "ready", "", path, seconds
+        _set("ready", "", path, seconds)
         return status()
     except Exception as exc:  # noqa: BLE001 - any failure means "use torch ops"
         _set("unavailable", str(exc) or type(exc).__name__, path)

@@ -22,25 +22,6 @@ class DeviceBatch:
         self._items.append((key, value))  # type: ignore[arg-type]
         self._count += 1
 
-    def add_many(self, keys: Sequence[Hashable], values: Sequence[Tensor]) -> None:
-        """Queue many 0-d tensors at once (e.g. one squared norm per parameter).
-
-        Values on one device with one dtype, the common case, are stacked here into one vector: a sample
-        then costs one tensor op per group instead of Python work per value. Others are queued one by one.
-        """
-        if len(keys) != len(values):
-            raise ValueError(f"add_many needs one key per value, got {len(keys)} keys and {len(values)} values")
-        if not values:
-            return
-        first = values[0]
-        device, dtype = first.device, first.dtype
-        if all(v.ndim == 0 and v.device == device and v.dtype == dtype for v in values):
-            self._groups.append((keys, torch.stack(list(values))))
-            self._count += len(keys)
-            return
-        for key, value in zip(keys, values):
-            self.add(key, value)
-
     def add_vector(self, keys: Sequence[Hashable], vector: Tensor) -> None:
         """Queue a 1-D tensor holding one value per key (e.g. ``stats.squared_norm_vector``)."""
         if vector.ndim != 1 or vector.numel() != len(keys):

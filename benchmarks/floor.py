@@ -63,11 +63,6 @@ class FloorResult:
         return self.update / self.floor
 
     @property
-    def call_floor_ratio(self) -> float:
-        """``norms`` against the floor plus one minimal kernel call per tensor."""
-        return self.norms / (self.floor + self.calls)
-
-    @property
     def update_own_ratio(self) -> float:
         """The update measurement against its own floor."""
         return self.update / self.update_floor

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 namespace {
@@ -108,6 +109,20 @@ void run(const std::vector<Item>& items, int64_t total, Fn fn) {
   });
 }
 
+// Per-tensor totals of the items' partial sums, added in item order (the same for any thread count), as a
+// float32 tensor of ``rows`` x ``n`` (one row per partial-sum vector).
+at::Tensor totals(const std::vector<Item>& items, std::initializer_list<const std::vector<double>*> parts, int64_t n) {
+  auto out = at::empty({static_cast<int64_t>(parts.size()), n}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  for (const auto* part : parts) {
+    std::vector<double> acc(n, 0.0);
+    for (size_t i = 0; i < items.size(); ++i) acc[items[i].tensor] += (*part)[i];
+    for (int64_t k = 0; k < n; ++k) o[k] = static_cast<float>(acc[k]);
+    o += n;
+  }
+  return out;
+}
+
 at::Tensor sum_squares_op(at::TensorList xs) {
   for (const auto& t : xs) check(t, "sum_squares");
   int64_t total = 0;
@@ -119,12 +134,7 @@ at::Tensor sum_squares_op(at::TensorList xs) {
     const Item& it = items[i];
     part[i] = sum_squares(ptr[it.tensor] + it.begin, it.end - it.begin);
   });
-  std::vector<double> acc(xs.size(), 0.0);
-  for (size_t i = 0; i < items.size(); ++i) acc[items[i].tensor] += part[i];  // fixed order
-  auto out = at::empty({static_cast<int64_t>(xs.size())}, at::kFloat);
-  float* o = out.data_ptr<float>();
-  for (size_t k = 0; k < xs.size(); ++k) o[k] = static_cast<float>(acc[k]);
-  return out;
+  return totals(items, {&part}, static_cast<int64_t>(xs.size()))[0];
 }
 
 at::Tensor update_sums_op(at::TensorList now, at::TensorList before) {
@@ -149,18 +159,7 @@ at::Tensor update_sums_op(at::TensorList now, at::TensorList before) {
     const Item& it = items[i];
     diff_squares(a[it.tensor] + it.begin, b[it.tensor] + it.begin, it.end - it.begin, &pd[i], &pa[i]);
   });
-  std::vector<double> d(n, 0.0), w(n, 0.0);
-  for (size_t i = 0; i < items.size(); ++i) {
-    d[items[i].tensor] += pd[i];
-    w[items[i].tensor] += pa[i];
-  }
-  auto out = at::empty({2, n}, at::kFloat);
-  float* o = out.data_ptr<float>();
-  for (int64_t k = 0; k < n; ++k) {
-    o[k] = static_cast<float>(d[k]);
-    o[n + k] = static_cast<float>(w[k]);
-  }
-  return out;
+  return totals(items, {&pd, &pa}, n);
 }
 
 }  // namespace

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .checks import Finding
+from .checks.findings import Finding
 from .config import _UNSET, DEFAULT_PORT, Options
 from .monitor import Monitor
 

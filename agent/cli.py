@@ -15,16 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-COMMAND_MODULES = ("agent.demo", "agent.rules", "agent.stack", "agent.dashboards", "agent.native")
+COMMAND_MODULES = ("agent.demo", "agent.ops.rules_cli", "agent.ops.stack", "agent.ops.grafana_push", "agent.collect.native")
 """Modules that add subcommands (missing ones are skipped) and, optionally, generators."""
 
-GENERATOR_MODULES = ("agent.checkdoc", "agent.rules", "agent.dashboards", "agent.chart")
+GENERATOR_MODULES = ("agent.ops.checkdoc", "agent.ops.rules", "agent.ops.dashboards", "agent.ops.chart")
 """Modules with ``generate(root: Path) -> list[Path]``, run in this order by ``nnwatch generate``."""
-
-
-def repo_root() -> Path:
-    """The source checkout this package was installed from (generators write there)."""
-    return Path(__file__).resolve().parent.parent
 
 
 def _modules(names: tuple[str, ...]) -> list[ModuleType]:
@@ -44,6 +39,8 @@ def generators() -> list[Callable[[Path], list[Path]]]:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .ops.paths import repo_root
+
     root = Path(args.root) if args.root else repo_root()
     for gen in generators():
         for path in gen(root):

@@ -43,7 +43,7 @@ class Options:
     """Largest transient weight copy for update ratios, in bytes; bigger models are measured a slice of
     layers per sampled step, in rotation."""
     native: bool = True
-    """Build and use the C++ statistics kernels for CPU parameters (agent.native): a background build of a few
+    """Build and use the C++ statistics kernels for CPU parameters (agent.collect.native): a background build of a few
     seconds the first time on a machine, cached afterwards; without a C++ compiler the torch-op path is
     used. No effect on GPU models. Env: ``NNWATCH_NATIVE=0`` also turns it off."""
     dead_window: int = 8
@@ -131,7 +131,7 @@ class Options:
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{name} file not found: {path!r}")
         if self.thresholds is not None:
-            from .catalogue import BY_NAME
+            from .checks.catalogue import BY_NAME
 
             if not isinstance(self.thresholds, dict):
                 raise TypeError("thresholds must be a dict like {'dead_units.ratio': 0.3}")
@@ -142,8 +142,6 @@ class Options:
                     raise ValueError(f"unknown threshold {key!r}; valid names: {valid}")
                 if not _finite_number(value):
                     raise ValueError(f"threshold {key!r} must be a finite number, got {value!r}")
-        from .distributed import parse_ranks
-
         parse_ranks(self.per_module_ranks)
         if self.pushgateway_url is not None and not str(self.pushgateway_url).startswith(("http://", "https://")):
             raise ValueError("pushgateway_url must be an http(s):// URL of a Pushgateway, e.g. http://pushgateway:9091")
@@ -184,4 +182,19 @@ def _parse_env(name: str, f: dataclasses.Field, raw: str) -> Any:
         raise ValueError(f"{var}={raw!r} is not a valid {kind.split(' ')[0]} for option {name}") from None
 
 
-__all__ = ["Options", "DEFAULT_PORT"]
+
+def parse_ranks(spec: str) -> frozenset[int] | None:
+    """``"0"``, ``"0,8"`` -> those ranks; ``"all"`` -> None (every rank). Raises ValueError otherwise."""
+    text = str(spec).strip().lower()
+    if text in ("all", "*"):
+        return None
+    try:
+        ranks = frozenset(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"per_module_ranks must be 'all' or comma-separated rank numbers like '0' or '0,8', got {spec!r}") from None
+    if not ranks or min(ranks) < 0:
+        raise ValueError(f"per_module_ranks must name at least one rank >= 0 (or 'all'), got {spec!r}")
+    return ranks
+
+
+__all__ = ["Options", "DEFAULT_PORT", "parse_ranks"]

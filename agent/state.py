@@ -16,29 +16,26 @@ The state is plain JSON (numbers and lists), so it fits torch.save, Lightning an
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .snapshot import LayerStats, Snapshot
-
-if TYPE_CHECKING:
-    from .monitor import Monitor
 
 VERSION = 1
 _GRAD_HISTORY = 64
 
 
-def monitor_state(m: "Monitor") -> dict[str, Any]:
-    """The resumable state of ``m`` as a JSON-serialisable dict."""
+def monitor_state(m: Any) -> dict[str, Any]:
+    """The resumable state of monitor ``m`` (an agent.monitor.Monitor) as a JSON-serialisable dict."""
     engine = m.engine
     history = list(engine.history)[-_GRAD_HISTORY:] if engine is not None else []
     return {
         "version": VERSION,
-        "step": m.step_index,
-        "first_loss": _num(m.first_loss),
-        "val_history": [[int(s), _num(v)] for s, v in m.val_history],
-        "recent_step_seconds": [float(x) for x in m._recent_step_seconds],
-        "learning_rates": [_num(x) for x in m.learning_rates],
-        "samples_total": m.samples_total,
+        "step": m.steps.step_index,
+        "first_loss": _num(m.logged.first_loss),
+        "val_history": [[int(s), _num(v)] for s, v in m.logged.val_history],
+        "recent_step_seconds": [float(x) for x in m.steps.recent_step_seconds],
+        "learning_rates": [_num(x) for x in m.steps.learning_rates],
+        "samples_total": m.steps.samples_total,
         "losses": [[int(s), _num(v)] for s, v in engine.losses] if engine is not None else [],
         "loss_start": [_num(v) for v in getattr(engine, "loss_start", [])] if engine is not None else [],
         "check_samples": engine.samples if engine is not None else 0,
@@ -47,24 +44,24 @@ def monitor_state(m: "Monitor") -> dict[str, Any]:
     }
 
 
-def load_monitor_state(m: "Monitor", state: dict[str, Any]) -> None:
+def load_monitor_state(m: Any, state: dict[str, Any]) -> None:
     """Restore ``monitor_state`` output into a freshly attached monitor (before or after its first step)."""
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("load_state_dict() needs the dict returned by Monitor.state_dict()")
     if int(state.get("version", 0)) > VERSION:
         raise ValueError(f"monitor state version {state.get('version')} is newer than this agent understands ({VERSION})")
-    m.step_index = int(state["step"])
-    m._sampled = m.step_index % m.options.sample_every == 0
+    steps = m.steps
+    steps.step_index = int(state["step"])
+    m._sampled = steps.step_index % m.options.sample_every == 0
     first = _float(state.get("first_loss"))
     if first is not None:
-        m.first_loss = first
-        m._first_loss = first  # log() keeps the first loss it sees; the resumed run's is not the first
-    m.val_history = [(int(s), v) for s, v in _pairs(state.get("val_history"))]
-    m._recent_step_seconds.extend(float(x) for x in state.get("recent_step_seconds") or [])
+        m.logged.restore_first_loss(first)  # log() keeps the first loss it sees; the resumed run's is not the first
+    m.logged.val_history = [(int(s), v) for s, v in _pairs(state.get("val_history"))]
+    steps.recent_step_seconds.extend(float(x) for x in state.get("recent_step_seconds") or [])
     lrs = tuple(v for v in (_float(x) for x in state.get("learning_rates") or []) if v is not None)
-    if lrs and not m.learning_rates:
-        m.learning_rates = lrs
-    m.samples_total = int(state.get("samples_total") or 0)
+    if lrs and not steps.learning_rates:
+        steps.learning_rates = lrs
+    steps.samples_total = int(state.get("samples_total") or 0)
     engine = m.engine
     if engine is not None:
         current_losses = list(engine.losses)

@@ -20,8 +20,8 @@ from typing import Callable
 
 import torch
 
-from agent import native, stats
-from agent.updates import WeightCopies
+from agent.collect import native, stats
+from agent.collect.updates import WeightCopies
 
 from .models import Workload, synchronize
 
@@ -35,10 +35,10 @@ class FloorResult:
     floor: float
     """One read of every gradient and weight (flat dot product)."""
     norms: float
-    """agent.stats.squared_norm_vector over gradients and weights: what a sampled step runs (the native
+    """agent.collect.stats.squared_norm_vector over gradients and weights: what a sampled step runs (the native
     kernels when they are built, see ``native``)."""
     update: float
-    """Weight copy + fused update and weight norms (agent.updates, agent.stats.update_squared_norms)."""
+    """Weight copy + fused update and weight norms (agent.collect.updates, agent.collect.stats.update_squared_norms)."""
     update_floor: float = float("nan")
     """Copy every weight once, then read the weights and the copy once, on flat buffers."""
     tensors: int = 0
@@ -48,7 +48,7 @@ class FloorResult:
     norms_torch: float = float("nan")
     """The same norms through torch ops only (one dot product per tensor): the path without native kernels."""
     native: str = ""
-    """State of agent.native when measured: ``ready`` means ``norms`` and ``update`` used the C++ kernels."""
+    """State of agent.collect.native when measured: ``ready`` means ``norms`` and ``update`` used the C++ kernels."""
 
     @property
     def norms_ratio(self) -> float:

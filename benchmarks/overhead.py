@@ -233,7 +233,7 @@ def run_overhead(
                 measured = rounds // EVERY.get(name, 1)
                 if period and measured < period and not any(i % period == 0 for i in result.index[name]):
                     _warm(arm, max(0, period - measured // 2 - arm.k))  # a logging step mid-window
-            marks = {n: (a.monitor.guard.seconds, a.monitor.step_seconds_total)
+            marks = {n: (a.monitor.guard.seconds, a.monitor.steps.step_seconds_total)
                      for n, a in built.items() if a.monitor is not None}
             gc.collect()
             for r in range(rounds):
@@ -258,8 +258,8 @@ def run_overhead(
                     result.rep[name].append(rep)
             for name, (g0, s0) in marks.items():
                 m = built[name].monitor
-                if m.step_seconds_total > s0:
-                    shares.setdefault(name, []).append((m.guard.seconds - g0) / (m.step_seconds_total - s0))
+                if m.steps.step_seconds_total > s0:
+                    shares.setdefault(name, []).append((m.guard.seconds - g0) / (m.steps.step_seconds_total - s0))
                 result.interval[name] = m.schedule.interval
             for arm in built.values():
                 release(arm, peers)

@@ -211,7 +211,7 @@ def markdown(results: dict[str, Any], png_name: str = "benchmarks.png") -> str:
         f"- CPU: {m['cpu']}, {m['cores']} cores, torch intra-op threads: {m['torch_threads']}; "
         f"memory {m['memory_gib']:.0f} GiB; {m['os']}",
         f"- Python {m['python']}, torch {m['torch']}, nnwatch {m['nnwatch']}, wandb {m['wandb'] or 'not installed'}",
-        f"- nnwatch native CPU kernels (agent.native): {m.get('native') or 'not recorded (before they existed)'}",
+        f"- nnwatch native CPU kernels (agent.collect.native): {m.get('native') or 'not recorded (before they existed)'}",
         f"- Allocator: {m.get('allocator') or 'not recorded'}. By default glibc maps every allocation above 32 MiB "
         "afresh and unmaps it on free, so each step of a 64M-parameter model faults in about 770 MB of new pages "
         "(half its step time here, and wandering by +-10% between model copies on this VM); kept memory is what "
@@ -272,14 +272,14 @@ def markdown(results: dict[str, Any], png_name: str = "benchmarks.png") -> str:
         "",
         "Floor: one read of every gradient and weight (8 bytes per parameter) as a single dot product over a flat "
         "buffer holding all of them. `norms` is what the agent runs on a sampled step for gradient and weight norms "
-        "(`agent.stats.squared_norm_vector`: the same 8 bytes per parameter; on CPU with the native kernels one call "
+        "(`agent.collect.stats.squared_norm_vector`: the same 8 bytes per parameter; on CPU with the native kernels one call "
         "for the whole list, see the Machine section for whether they were built); the budget is 1.5x the floor. "
         "`torch ops only` is the same through one torch dot product per tensor, the path without a C++ compiler: "
         "a model's tensors are separate allocations, and on CPU each torch call costs about a microsecond before any "
         "data moves, which the next column adds to the floor (the model's number of tensors times a one-element dot "
         "product). `update + weight norms` is the exact update measurement with the weight norm after the step: copy "
         "the weights before the optimizer step, then one pass over weights and copy "
-        "(`agent.stats.update_squared_norm_vectors`); its own floor is the same copy and read on flat buffers. "
+        "(`agent.collect.stats.update_squared_norm_vectors`); its own floor is the same copy and read on flat buffers. "
         "Before every timed call a 16 MiB scratch buffer is read (benchmarks/floor.py `SCRUB_BYTES`), so that each "
         "call starts with its data out of the cores' L2 caches whatever ran before it; the 1M models' data are "
         "about the size of those caches, and without it their figures depend on the order of the calls. "

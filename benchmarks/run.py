@@ -24,7 +24,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import torch  # noqa: E402
 
-from agent import native  # noqa: E402
+from agent.collect import native  # noqa: E402
 
 from . import report  # noqa: E402
 from .allocator import keep_freed_memory  # noqa: E402

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from torch import nn
 
 import agent
-from agent.export import NNWatchCollector
+from agent.export.collector import NNWatchCollector
 
 from .models import Workload
 
@@ -130,7 +130,7 @@ def memory_point(workload: Workload, **options: object) -> MemoryPoint:
     sites = monitor.probe.sites
     act = sum(s.last_alive.numel() * s.last_alive.element_size() for s in sites.values() if s.last_alive is not None)
     point = MemoryPoint(workload.name, sum(p.numel() for p in model.parameters()), weights,
-                        monitor._copies.kept_bytes, act, len(sites))
+                        monitor.params.copies.kept_bytes, act, len(sites))
     monitor.close()
     del model, opt, monitor
     gc.collect()

@@ -17,6 +17,6 @@ def pytest_sessionstart(session):
     """Build (or load from the cache) the native CPU kernels before any test, so that every test sees the
     same statistics path instead of whichever a background build reached first. Without a compiler the
     torch-op path is used and tests/test_native.py says why (failing in CI)."""
-    from agent import native
+    from agent.collect import native
 
     native.build()

@@ -493,7 +493,7 @@ def run(name: str) -> dict[str, str]:
 
 
 def table(results: dict[str, dict[str, str]]) -> str:
-    from agent.catalogue import CHECKS
+    from agent.checks.catalogue import CHECKS
 
     checks = [c.name for c in CHECKS]
     head = "| scenario | expected | " + " | ".join(f"`{c}`" for c in checks) + " |"

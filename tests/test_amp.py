@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from torch import nn
 
 import agent
-from agent.export import NNWatchCollector
+from agent.export.collector import NNWatchCollector
 from tests.setups.tasks import Teacher, finding_checks
 
 
@@ -73,7 +73,7 @@ def test_collapsing_loss_scale_raises_nonfinite_values():
     # From step 5 on every step overflows: the scale halves each step and nothing is ever applied.
     monitor, scaler, snaps = _run(5 + 25, poison=set(range(5, 30)))
     try:
-        threshold = int(agent.catalogue.BY_NAME["nonfinite_values"].thresholds["amp_skipped_steps"])
+        threshold = int(agent.checks.catalogue.BY_NAME["nonfinite_values"].thresholds["amp_skipped_steps"])
         assert monitor.amp.consecutive_skips == 25
         findings = [f for f in monitor.findings if f.check == "nonfinite_values"]
         assert len(findings) == 1, finding_checks(monitor)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import agent
-from agent.budget import ForwardCost, OverheadController, SampleSchedule
+from agent.collect.budget import ForwardCost, OverheadController, SampleSchedule
 from agent.config import Options
-from agent.export import NNWatchCollector
+from agent.export.collector import NNWatchCollector
 from prometheus_client import CollectorRegistry
 
 from .helpers import SmallMLP, train

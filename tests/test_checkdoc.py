@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from agent import checkdoc
-from agent.catalogue import CHECKS
+from agent.ops import checkdoc
+from agent.checks.catalogue import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 

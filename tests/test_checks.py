@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.catalogue import BY_NAME, CHECKS, alert_name, validate_catalogue
-from agent.checks import CheckEngine
+from agent.checks.catalogue import BY_NAME, CHECKS, alert_name, validate_catalogue
+from agent.checks.engine import CheckEngine
 from agent.config import Options
 from agent.snapshot import ActivationStats, LayerStats, MemoryStats, Snapshot
 
@@ -29,8 +29,9 @@ class Recorder:
         pass
 
 
-def fake_monitor(**kw):
-    base = dict(val_history=[], constant_weights=(), last_step_wall=None, _recent_step_seconds=deque(), step_index=0)
+def fake_monitor(last_step_wall=None, recent_step_seconds=(), **kw):
+    steps = SimpleNamespace(last_step_wall=last_step_wall, recent_step_seconds=deque(recent_step_seconds))
+    base = dict(val_history=[], constant_weights=(), steps=steps, step_index=0)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -270,17 +271,17 @@ def test_memory_leak_on_steady_growth_only():
 
 def test_training_stalled_learned_and_hard_limit():
     eng, rec = engine(stall_seconds=30.0)
-    mon = fake_monitor(last_step_wall=1000.0, _recent_step_seconds=deque([0.5] * 10), step_index=7)
+    mon = fake_monitor(last_step_wall=1000.0, recent_step_seconds=[0.5] * 10, step_index=7)
     eng.check_stall(mon, now=1010.0)
     assert eng.active() == []
     eng.check_stall(mon, now=1031.0)  # over the hard limit
     [f] = eng.active()
     assert f.check == "training_stalled" and f.severity == "critical" and "31.0 s" in f.message
-    mon.last_step_wall = 1040.0
+    mon.steps.last_step_wall = 1040.0
     eng.check_stall(mon, now=1040.5)
     assert eng.active() == [] and rec.events[-1][0] == "resolved"
     eng2, rec2 = engine()
-    mon2 = fake_monitor(last_step_wall=0.0, _recent_step_seconds=deque([10.0] * 5))
+    mon2 = fake_monitor(last_step_wall=0.0, recent_step_seconds=[10.0] * 5)
     eng2.check_stall(mon2, now=150.0)  # learned limit: max(120 s, 20 x 10 s) = 200 s
     assert eng2.active() == []
     eng2.check_stall(mon2, now=201.0)

@@ -63,7 +63,7 @@ def test_compile_then_attach_inductor():
         assert [l.grad_norm for l in snap.layers] == pytest.approx([l.grad_norm for l in reference.layers], rel=1e-4)
         assert snap.update_ratio == pytest.approx(reference.update_ratio, rel=1e-4)
         assert snap.loss == pytest.approx(reference.loss, rel=1e-4)
-        assert monitor.samples_total == 8 * 32  # the wrapper's hooks run eagerly, outside the graph
+        assert monitor.steps.samples_total == 8 * 32  # the wrapper's hooks run eagerly, outside the graph
         assert snap.activations == () and reference.activations  # activation probes are off when compiled
         assert not monitor.guard.errors and monitor.findings == []
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from agent import dashboards as dash
+from agent.ops import dashboards as dash
 from agent.cli import main
 from tests.helpers import require_binary
 
@@ -50,14 +50,14 @@ def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def export_metric_names() -> set[str]:
-    """Every metric family name defined in agent/export.py (counters without their _total suffix)."""
-    text = (ROOT / "agent" / "export.py").read_text()
+    """Every metric family name defined in agent/export/collector.py (counters without their _total suffix)."""
+    text = (ROOT / "agent" / "export" / "collector.py").read_text()
     return set(re.findall(r'"(nnwatch_[a-z_]+)"', text))
 
 
 def module_metric_names() -> set[str]:
-    """Families of agent/export.py that carry a ``module`` label."""
-    text = (ROOT / "agent" / "export.py").read_text()
+    """Families of agent/export/collector.py that carry a ``module`` label."""
+    text = (ROOT / "agent" / "export" / "collector.py").read_text()
     return {m.group(1) for m in re.finditer(r'_family\(\s*"\w+",\s*"(nnwatch_\w+)",\s*"[^"]*",\s*\[([^\]]*)\]', text)
             if '"module"' in m.group(2)}
 
@@ -170,7 +170,7 @@ def test_every_metric_selector_filters_by_the_variables(board: dict[str, Any]) -
         assert names, f"{where}: no nnwatch metric"
         for name, selector in names:
             base = name[: -len("_total")] if name.endswith("_total") else name
-            assert base in known, f"{where}: {name} is not exported by agent/export.py"
+            assert base in known, f"{where}: {name} is not exported by agent/export/collector.py"
             assert selector, f"{where}: {name} has no label matchers"
             for label in ("job", "instance", "rank"):
                 assert f'{label}=~"${label}"' in selector, f"{where}: {name} ignores ${label}"

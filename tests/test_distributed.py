@@ -1,5 +1,5 @@
 """Distributed data parallel on CPU (torchrun, gloo): each rank serves its own /metrics, a real Prometheus
-scrapes both ranks of three jobs at once, and the generated fleet rules (agent.rules) find a planted
+scrapes both ranks of three jobs at once, and the generated fleet rules (agent.ops.rules) find a planted
 desync and a planted straggler while the healthy job stays silent. Also: per-module series from rank 0
 only, and the Pushgateway mode against a real Pushgateway."""
 
@@ -87,7 +87,7 @@ def _rank_alerts(url: str) -> set[tuple[str, str, str]]:
 
 def test_ddp_ranks_scraped_desync_and_straggler_alerts(jobs, tmp_path):
     require_binary("prometheus")
-    from agent.rules import RulesConfig, render_yaml
+    from agent.ops.rules import RulesConfig, render_yaml
 
     # The real generated rules; only the for: of the two rank alerts is cut so that a short run can fire
     # (desync keeps 3 s: longer than the moment after a new fingerprint when one rank is not scraped yet).
@@ -268,7 +268,7 @@ def test_fsdp2_squared_norms_add_up_to_the_true_norms(tmp_path):
 
 
 def test_rank_selection_and_fingerprint_grid():
-    from agent.distributed import RankInfo, exports_per_module, next_fingerprint, parse_ranks, unwrap
+    from agent.collect.distributed import RankInfo, exports_per_module, next_fingerprint, parse_ranks, unwrap
 
     assert parse_ranks("0") == {0} and parse_ranks(" 0, 8 ") == {0, 8} and parse_ranks("all") is None
     for bad in ("", "x", "-1"):

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from torch import nn
 
 import agent
-from agent.export import NNWatchCollector, distributed_labels, spread_select
+from agent.export.collector import NNWatchCollector, distributed_labels, spread_select
 from tests.helpers import SmallMLP, require_binary, train
 
 

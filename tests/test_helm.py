@@ -17,9 +17,9 @@ import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmError
 
-from agent import chart as agent_chart
-from agent import dashboards as dash
-from agent import rules as agent_rules
+from agent.ops import chart as agent_chart
+from agent.ops import dashboards as dash
+from agent.ops import rules as agent_rules
 from agent._version import __version__
 from agent.config import DEFAULT_PORT, Options
 from tests.helpers import require_binary

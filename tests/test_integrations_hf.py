@@ -59,10 +59,10 @@ def test_hf_trainer_callback_wires_loss_lr_and_eval_loss(tmp_path):
     m = _monitor_of(trainer)
     assert m.step_index == 18
     assert m.first_loss == pytest.approx(math.log(2), rel=0.2)  # the model output's loss of the first batch
-    assert m.learning_rates == (pytest.approx(2e-3), pytest.approx(2e-3))  # decay / no-decay groups
+    assert m.steps.learning_rates == (pytest.approx(2e-3), pytest.approx(2e-3))  # decay / no-decay groups
     assert [s for s, _ in m.val_history] == [6, 12]  # eval_loss at steps 6 and 12 (18 awaits a sample)
     assert m.snapshot.layers and all(l.grad_norm is not None for l in m.snapshot.layers)
-    assert m.samples_total == 18 * 16
+    assert m.steps.samples_total == 18 * 16
     assert m.findings == [] and not m.guard.errors
     assert not model._forward_hooks and not model._forward_pre_hooks  # detached at the end
 

@@ -61,7 +61,7 @@ def test_lightning_callback_wires_loss_lr_and_validation(tmp_path):
     assert m.first_loss == pytest.approx(math.log(4), rel=0.3)
     snap = m.snapshot
     assert snap.loss is not None and snap.loss < m.first_loss
-    assert m.learning_rates == (pytest.approx(5e-3 * 0.25),)  # StepLR halved it at steps 10 and 20
+    assert m.steps.learning_rates == (pytest.approx(5e-3 * 0.25),)  # StepLR halved it at steps 10 and 20
     assert [s for s, _ in m.val_history] == [6, 12, 18]  # the one at 24 waits for a next sample
     assert all(l.grad_norm and l.update_norm for l in snap.layers)  # gradients read after the closure
     assert m.findings == [] and not m.guard.errors

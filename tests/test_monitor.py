@@ -124,7 +124,7 @@ def test_raising_probe_does_not_stop_training_and_is_counted(monkeypatch, caplog
 def test_raising_gradient_capture_is_guarded(monkeypatch):
     model, opt = make()
     mon = agent.attach(model, opt, port=None, sample_every=1)
-    monkeypatch.setattr(agent.monitor.stats, "squared_norm_vector", lambda *a: 1 / 0)
+    monkeypatch.setattr(agent.collect.stats, "squared_norm_vector", lambda *a: 1 / 0)
     train(model, opt, 4, monitor=mon)
     assert mon.guard.errors["gradients"] >= 1
     assert mon.step_index == 4
@@ -273,7 +273,7 @@ def _activation_run(steps: int, **model_args):
 
 
 def test_module_activations_hand_over_from_the_mode_to_module_hooks_with_identical_results(monkeypatch):
-    import agent.probes as probes
+    import agent.collect.probes as probes
 
     entered = []
 
@@ -298,7 +298,7 @@ def test_module_activations_hand_over_from_the_mode_to_module_hooks_with_identic
 
 
 def test_a_functional_call_keeps_or_brings_back_the_function_mode(monkeypatch):
-    import agent.probes as probes
+    import agent.collect.probes as probes
 
     monkeypatch.setattr(probes, "REDISCOVER_EVERY", 4)
     mon, paths = _activation_run(16, functional_from_call=6)
@@ -441,7 +441,7 @@ def test_loss_logging_without_sync_and_validation():
     mon.log(val_loss=1.25, accuracy=0.5)
     train(model, opt, 2, monitor=mon)
     assert [v for _, v in mon.val_history] == [1.5, 1.25]
-    assert mon.logged_values == {"accuracy": 0.5}
+    assert mon.logged.logged_values == {"accuracy": 0.5}
     with pytest.raises(TypeError, match="scalar"):
         mon.log(loss=torch.ones(3))
     with pytest.raises(TypeError, match="number"):
@@ -483,7 +483,7 @@ def test_samples_counted_from_input_batch():
     model, opt = make()
     mon = agent.attach(model, opt, port=None)
     train(model, opt, 3, monitor=mon, batch=16)
-    assert mon.samples_total == 48
+    assert mon.steps.samples_total == 48
     mon.close()
 
 

@@ -1,4 +1,4 @@
-"""The optional C++ CPU kernels (agent.native): same numbers as torch, one call per list, safe fallbacks."""
+"""The optional C++ CPU kernels (agent.collect.native): same numbers as torch, one call per list, safe fallbacks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import agent
-from agent import native, stats
+from agent.collect import native, stats
 
 from .helpers import require_binary
 
@@ -149,7 +149,7 @@ def _run(code: str, env: dict[str, str]) -> dict:
 
 _STATUS = """
     import json
-    from agent import native
+    from agent.collect import native
     st = native.build()
     print(json.dumps({"state": st.state, "reason": st.reason, "built": st.build_seconds,
                       "path": str(st.path) if st.path else None}))
@@ -192,7 +192,7 @@ def test_the_cache_key_follows_the_source(tmp_path, monkeypatch):
 def test_without_kernels_the_agent_says_why_and_still_measures(tmp_path, env, state, reason):
     code = """
         import json, logging, torch, agent
-        from agent import native
+        from agent.collect import native
         logging.basicConfig(level=logging.INFO)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
@@ -223,7 +223,7 @@ def test_without_kernels_the_agent_says_why_and_still_measures(tmp_path, env, st
 def test_gpu_models_do_not_build_anything(tmp_path):
     code = """
         import json, torch, agent
-        from agent import native
+        from agent.collect import native
         model = torch.nn.Linear(4, 4).to("meta")
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         mon = agent.attach(model, opt, port=None)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import agent
-from agent.checks import Finding
-from agent.notify import Notifier, finding_line
+from agent.checks.engine import Finding
+from agent.checks.delivery import Notifier, finding_line
 from tests.helpers import SmallMLP, train
 
 FINDING = Finding(check="dead_units", severity="warning", module="encoder.1", step=40,

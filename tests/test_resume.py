@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from torch import nn
 
 import agent
-from agent.export import NNWatchCollector
+from agent.export.collector import NNWatchCollector
 from tests.setups.tasks import Teacher, finding_checks
 
 

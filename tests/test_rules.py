@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.catalogue import CHECKS
-from agent.rules import ALERTS, RULES, RulesConfig, default_params, generate, render_groups, render_yaml
+from agent.checks.catalogue import CHECKS
+from agent.ops.rules import ALERTS, RULES, RulesConfig, default_params, generate, render_groups, render_yaml
 from tests.helpers import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent

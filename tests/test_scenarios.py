@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.catalogue import CHECKS
+from agent.checks.catalogue import CHECKS
 from tests.scenarios import SCENARIOS, run
 
 HEALTHY = [n for n, s in SCENARIOS.items() if s.healthy]

@@ -81,7 +81,7 @@ def test_activation_checkpointing_gives_the_same_signals(ckpt):
             _train(model, monitor, 30, opt=opt, wrap=wrap, after_backward=lambda: refs.append(_ref_grad_norms(model)))
             snap = monitor.snapshot
             _assert_close(snap, refs[snap.step])
-            results.append((snap, monitor.samples_total, monitor.eval_in_train_forwards))
+            results.append((snap, monitor.steps.samples_total, monitor.eval_in_train_forwards))
             assert finding_checks(monitor) == []
             assert not monitor.guard.errors
     (plain, n_plain, e_plain), (ck, n_ck, e_ck) = results

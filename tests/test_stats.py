@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agent import stats
+from agent.collect import stats
 
 
 def ref_sq(t: torch.Tensor) -> float:

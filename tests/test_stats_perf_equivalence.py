@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import agent
-from agent import stats
-from agent.transfer import DeviceBatch
-from agent.updates import WeightCopies
+from agent.collect import stats
+from agent.collect.transfer import DeviceBatch
+from agent.collect.updates import WeightCopies
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

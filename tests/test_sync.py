@@ -168,7 +168,7 @@ def test_logged_tensors_ride_along_in_the_same_copy(syncs):
         run.monitor.log(val_loss=torch.tensor(0.5), accuracy=torch.tensor(0.9))
         per_step.append(run.step(syncs))
     _assert_sync_budget(per_step)
-    assert run.monitor.logged_values["accuracy"] == pytest.approx(0.9)
+    assert run.monitor.logged.logged_values["accuracy"] == pytest.approx(0.9)
     assert run.monitor.val_history[-1][1] == pytest.approx(0.5)
     run.monitor.close()
 

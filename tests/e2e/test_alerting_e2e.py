@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent.rules import RULES, RulesConfig, render_yaml
+from agent.ops.rules import RULES, RulesConfig, render_yaml
 from tests.e2e.servers import (Post, ServerPool, alertmanager_alerts, prometheus_alerts, shipped_alertmanager_config,
                                wait_until)
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from agent import dashboards as dash
+from agent.ops import dashboards as dash
 from tests.e2e.servers import ServerPool, free_port, http_json, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

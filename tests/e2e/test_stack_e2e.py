@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import agent
-from agent.rules import ALERTS
+from agent.ops.rules import ALERTS
 from tests.e2e.servers import alertmanager_binary, free_port, http_json, wait_until
 from tests.helpers import SmallMLP, require_binary, train
 

@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import agent  # noqa: E402
-from agent.export import NNWatchCollector  # noqa: E402
+from agent.export.collector import NNWatchCollector  # noqa: E402
 from tests.setups.tasks import Teacher  # noqa: E402
 from tests.setups.teardown import finish  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 On CPU every torch kernel call costs about a microsecond of dispatch before any data moves, so a model
 with a few hundred small tensors spends more time calling ``torch.dot`` than reading memory. The ops in
-``agent/csrc/kernels.cpp`` take the whole list of tensors in one call and read it at the rate of one flat
+``agent/collect/csrc/kernels.cpp`` take the whole list of tensors in one call and read it at the rate of one flat
 dot product (docs/benchmarks.md). They are compiled with the system C++ compiler against the installed
 torch, cached under ``$NNWATCH_CACHE_DIR`` (default ``~/.cache/nnwatch``) by a key of the source, the
 torch build and the compiler, and loaded with ``torch.ops.load_library``.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_PORT
+from ..config import DEFAULT_PORT
 
 log = logging.getLogger("nnwatch")
 
@@ -33,7 +33,7 @@ SECRETS_DIR = "/etc/alertmanager/secrets/nnwatch/"
 
 def _alerts_dir() -> Path | None:
     """alerts/ of the source checkout this package runs from, when there is one."""
-    from .cli import repo_root
+    from .paths import repo_root
 
     path = repo_root() / "alerts"
     return path if (path / "alertmanager.yml").is_file() else None

@@ -127,7 +127,7 @@ def squared_norm_vector(tensors: Sequence[Tensor]) -> Tensor:
 
     The form the agent uses: one tensor per list, so a sampled step never handles a value per parameter
     in Python. Dense contiguous float32 CPU tensors go through one native call for the whole list when
-    the kernels are built (agent.native): at the rate of one flat read of the data, where one dot product
+    the kernels are built (agent.collect.native): at the rate of one flat read of the data, where one dot product
     per tensor costs about a microsecond each. Otherwise ``squared_norms``, stacked; values from other
     devices are moved to the first tensor's device. An empty list gives an empty CPU tensor.
     """

@@ -3,8 +3,8 @@
 Two dashboards with stable uids are built with Grafana's ``grafana-foundation-sdk`` (a generation-time
 dependency only; the JSON is committed): ``nnwatch-overview`` (every job at a glance) and
 ``nnwatch-training`` (the health of one job, layer by layer). ``generate(root)`` writes them to
-``dashboards/``; ``agent.chart`` copies them into the Helm chart and ``agent.grafana_push`` uploads them to a
-running Grafana. This module also registers ``nnwatch dashboards push|generate``.
+``dashboards/``; ``agent.ops.chart`` copies them into the Helm chart and ``agent.ops.grafana_push`` uploads them to a
+running Grafana (which also registers ``nnwatch dashboards push|generate``).
 
 Every query selects ``job=~"$job", instance=~"$instance", rank=~"$rank"``: the variables' "All" value is
 ``.*``, which also matches a series without the label, so single-process jobs (no ``rank``) show data.
@@ -12,11 +12,11 @@ Every query selects ``job=~"$job", instance=~"$instance", rank=~"$rank"``: the v
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from .panels import ALERTS_EXPR, Q, _Builder, _timeseries, _stat, _bargauge, _heatmap, _table, _ratio_steps
 
 OVERVIEW_UID = "nnwatch-overview"
 TRAINING_UID = "nnwatch-training"
@@ -24,188 +24,13 @@ FILES = {OVERVIEW_UID: "nnwatch-overview.json", TRAINING_UID: "nnwatch-training.
 """Dashboard uid -> file name under dashboards/ (and helm/nnwatch/dashboards/)."""
 FOLDER_UID = "nnwatch"
 FOLDER_TITLE = "nnwatch"
-TAGS = ["nnwatch", "training"]
 
 SEL = 'job=~"$job", instance=~"$instance", rank=~"$rank"'
 """Label matchers of every panel query (regex matchers: "All" is ``.*`` and matches an absent label)."""
 MOD = SEL + ', module=~"$module"'
 """SEL plus the module variable, for per-layer and per-activation series."""
-ALERTS_EXPR = 'ALERTS{alertname=~"NNWatch.*", alertstate="firing", job=~"$job"}'
-"""Annotation query: firing nnwatch alerts from the Prometheus rules (alerts/nnwatch.rules.yml)."""
 LEAK_WINDOW = "10m"
 """Window of the memory growth slope (deriv); long enough to smooth allocator noise."""
-
-
-@dataclass(frozen=True)
-class Q:
-    """One panel query: PromQL, legend and whether Grafana runs it as an instant query."""
-
-    expr: str
-    legend: str = ""
-    instant: bool = False
-    table: bool = False
-
-
-# --- building ------------------------------------------------------------------------------------
-
-
-class _Builder:
-    """Wraps the SDK's dashboard builder; assigns panel ids and keeps every import of the SDK lazy."""
-
-    def __init__(self, uid: str, title: str, description: str, variables: Sequence[str]) -> None:
-        from grafana_foundation_sdk.builders import dashboard as d
-        from grafana_foundation_sdk.models.dashboard import DataSourceRef
-
-        self.d = d
-        self.ds = DataSourceRef(type_val="prometheus", uid="${datasource}")
-        self.next_id = 1
-        self.db = (
-            d.Dashboard(title).uid(uid).description(description).tags(TAGS).editable()
-            .time("now-3h", "now").refresh("30s").timezone("browser")
-            .tooltip(_cursor_sync())
-            .with_variable(
-                d.DatasourceVariable("datasource").label("Data source").type("prometheus")
-                .description("Prometheus that scrapes the training jobs.")
-            )
-        )
-        for name in variables:
-            self.db = self.db.with_variable(self._query_variable(name))
-        self.db = self.db.annotation(
-            d.AnnotationQuery().name("nnwatch alerts").datasource(self.ds).expr(ALERTS_EXPR)
-            .enable(True).hide(False).icon_color("red")
-        )
-
-    def _query_variable(self, name: str) -> Any:
-        from grafana_foundation_sdk.models.dashboard import VariableOption, VariableRefresh, VariableSort
-
-        queries = {
-            "job": ("Job", "label_values(nnwatch_build_info, job)",
-                    "Prometheus job of the training processes (the scrape job or PodMonitor)."),
-            "instance": ("Instance", 'label_values(nnwatch_build_info{job=~"$job"}, instance)',
-                         "Scrape target (host:port or pod IP:port) of a training process."),
-            "rank": ("Rank", 'label_values(nnwatch_build_info{job=~"$job", instance=~"$instance"}, rank)',
-                     "Distributed rank; single-process jobs have none, and All (.*) still shows them."),
-            "module": ("Module",
-                       'label_values({__name__=~"nnwatch_(weight_norm|activation_dead_ratio|activation_saturated_ratio)", '
-                       'job=~"$job", instance=~"$instance"}, module)',
-                       "Dotted module path of a layer or activation (capped per process by max_modules)."),
-        }
-        label, query, description = queries[name]
-        return (
-            self.d.QueryVariable(name).label(label).description(description).datasource(self.ds).query(query)
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
-            .multi(True).include_all(True).all_value(".*")
-            .current(VariableOption(selected=True, text="All", value="$__all"))
-        )
-
-    def row(self, title: str) -> None:
-        self.db = self.db.with_row(self.d.Row(title).id(self._id()))
-
-    def _id(self) -> int:
-        self.next_id += 1
-        return self.next_id - 1
-
-    def _targets(self, panel: Any, queries: Sequence[Q]) -> Any:
-        from grafana_foundation_sdk.builders import prometheus as p
-        from grafana_foundation_sdk.models.prometheus import PromQueryFormat
-
-        for k, q in enumerate(queries):
-            t = p.Dataquery().expr(q.expr).ref_id(chr(ord("A") + k)).datasource(self.ds)
-            t = t.legend_format(q.legend or "__auto")
-            t = t.instant() if q.instant else t.range()
-            if q.table:
-                t = t.format(PromQueryFormat.TABLE)
-            panel = panel.with_target(t)
-        return panel
-
-    def add(self, panel: Any, title: str, description: str, unit: str, queries: Sequence[Q],
-            width: int = 12, height: int = 8) -> None:
-        panel = (panel.id(self._id()).title(title).description(description).unit(unit).datasource(self.ds)
-                 .span(width).height(height))
-        self.db = self.db.with_panel(self._targets(panel, queries))
-
-    def to_dict(self) -> dict[str, Any]:
-        from grafana_foundation_sdk.cog.encoder import JSONEncoder
-
-        out: dict[str, Any] = json.loads(json.dumps(self.db.build(), cls=JSONEncoder))
-        out["id"] = None  # provisioning and the HTTP API match dashboards by uid, never by id
-        for ann in out["annotations"]["list"]:
-            # Fields of Grafana's Prometheus annotation editor that the SDK's AnnotationQuery does not model.
-            ann.update({"step": "60s", "titleFormat": "{{alertname}}", "textFormat": "{{description}}",
-                        "tagKeys": "severity,module", "useValueForTime": False})
-        return out
-
-
-def _cursor_sync() -> Any:
-    from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
-
-    return DashboardCursorSync.CROSSHAIR
-
-
-def _thresholds(*steps: tuple[float | None, str]) -> Any:
-    from grafana_foundation_sdk.builders.dashboard import ThresholdsConfig
-    from grafana_foundation_sdk.models.dashboard import Threshold, ThresholdsMode
-
-    return ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([Threshold(value=v, color=c) for v, c in steps])
-
-
-def _timeseries(log: bool = False) -> Any:
-    from grafana_foundation_sdk.builders import common, timeseries
-    from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement, ScaleDistribution
-
-    panel = timeseries.Panel().line_width(1).fill_opacity(5).legend(
-        common.VizLegendOptions().display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM)
-        .show_legend(True)
-    )
-    if log:
-        panel = panel.scale_distribution(common.ScaleDistributionConfig().type(ScaleDistribution.LOG).log(10))
-    return panel
-
-
-def _stat(*steps: tuple[float | None, str]) -> Any:
-    from grafana_foundation_sdk.builders import common, stat
-    from grafana_foundation_sdk.models.common import BigValueColorMode, BigValueGraphMode
-
-    panel = (stat.Panel().graph_mode(BigValueGraphMode.NONE).color_mode(BigValueColorMode.VALUE)
-             .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
-    return panel.thresholds(_thresholds(*(steps or ((None, "green"),))))
-
-
-def _bargauge(low: float = 0.0, high: float | None = None, *steps: tuple[float | None, str]) -> Any:
-    from grafana_foundation_sdk.builders import bargauge, common
-    from grafana_foundation_sdk.models.common import BarGaugeDisplayMode, BarGaugeValueMode, VizOrientation
-
-    panel = (bargauge.Panel().display_mode(BarGaugeDisplayMode.GRADIENT).value_mode(BarGaugeValueMode.COLOR)
-             .orientation(VizOrientation.HORIZONTAL).show_unfilled(True).min(low)
-             .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
-    if high is not None:
-        panel = panel.max(high)
-    return panel.thresholds(_thresholds(*(steps or ((None, "green"),))))
-
-
-def _heatmap() -> Any:
-    """A heatmap of per-layer ratios over time: one row per series (layer), colour = value in 0..1."""
-    from grafana_foundation_sdk.builders import heatmap
-    from grafana_foundation_sdk.models.heatmap import HeatmapColorMode, HeatmapColorScale
-
-    return (heatmap.Panel().calculate(False).hide_y_histogram().show_legend()
-            .color(heatmap.HeatmapColorOptions().mode(HeatmapColorMode.SCHEME).scheme("Oranges")
-                   .scale(HeatmapColorScale.LINEAR).min(0).max(1).steps(64).exponent(0.5).fill("dark-orange")
-                   .reverse(False))
-            .y_axis(heatmap.YAxisConfig().unit("short")))
-
-
-def _table() -> Any:
-    from grafana_foundation_sdk.builders import table
-    from grafana_foundation_sdk.models.dashboard import DataTransformerConfig
-
-    return table.Panel().with_transformation(
-        DataTransformerConfig(id_val="organize", options={"excludeByName": {"Time": True, "Value": True}})
-    )
-
-
-def _ratio_steps(warn: float = 0.2, bad: float = 0.5) -> tuple[tuple[float | None, str], ...]:
-    return ((None, "green"), (warn, "orange"), (bad, "red"))
 
 
 def overview() -> dict[str, Any]:
@@ -454,7 +279,7 @@ def dumps(dashboard: dict[str, Any]) -> str:
 
 
 def generate(root: Path) -> list[Path]:
-    """Write dashboards/*.json under ``root`` (the Helm chart's copies are written by ``agent.chart``)."""
+    """Write dashboards/*.json under ``root`` (the Helm chart's copies are written by ``agent.ops.chart``)."""
     folder = root / "dashboards"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -465,38 +290,5 @@ def generate(root: Path) -> list[Path]:
     return written
 
 
-# --- command line --------------------------------------------------------------------------------
-
-
-def _generate_command(args: argparse.Namespace) -> int:
-    from . import chart
-    from .cli import repo_root
-
-    root = Path(args.root) if args.root else repo_root()
-    for path in generate(root) + chart.generate(root):
-        print(f"wrote {path.relative_to(root)}")
-    return 0
-
-
-def register(sub: Any) -> None:
-    """Add ``nnwatch dashboards push|generate``."""
-    from .grafana_push import push_command  # imported here: agent.grafana_push imports this module
-
-    p = sub.add_parser("dashboards", help="Grafana dashboards: push them to a running Grafana, or regenerate them")
-    dsub = p.add_subparsers(dest="dashboards_command", required=True)
-    push_p = dsub.add_parser("push", help="create or overwrite the nnwatch dashboards in a Grafana (by uid)")
-    push_p.add_argument("--url", help="Grafana base URL, e.g. http://localhost:3000 (env NNWATCH_GRAFANA_URL)")
-    push_p.add_argument("--token", help="service account token with the Editor role (env NNWATCH_GRAFANA_TOKEN); "
-                        "user:password in the URL also works")
-    push_p.add_argument("--folder", default=FOLDER_TITLE, help=f"folder title (default: {FOLDER_TITLE})")
-    push_p.add_argument("--folder-uid", default=FOLDER_UID, help=f"folder uid (default: {FOLDER_UID})")
-    push_p.add_argument("--dir", help="folder with the dashboard JSON (default: the checkout's dashboards/)")
-    push_p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default: 10)")
-    push_p.set_defaults(func=push_command)
-    gen_p = dsub.add_parser("generate", help="rewrite dashboards/*.json and the Helm chart's copies")
-    gen_p.add_argument("--root", help="repository root to write into (default: this checkout)")
-    gen_p.set_defaults(func=_generate_command)
-
-
-__all__ = ["overview", "training", "build_all", "dumps", "generate", "register",
+__all__ = ["overview", "training", "build_all", "dumps", "generate",
            "OVERVIEW_UID", "TRAINING_UID", "FILES", "FOLDER_UID", "FOLDER_TITLE", "SEL", "MOD", "ALERTS_EXPR"]

@@ -12,6 +12,8 @@ from typing import Mapping
 
 from torch import nn
 
+from ..config import parse_ranks
+
 
 @dataclass(frozen=True)
 class RankInfo:
@@ -38,20 +40,6 @@ def _int(raw: str | None, default: int) -> int:
         return int(raw) if raw is not None else default
     except ValueError:
         return default
-
-
-def parse_ranks(spec: str) -> frozenset[int] | None:
-    """``"0"``, ``"0,8"`` -> those ranks; ``"all"`` -> None (every rank). Raises ValueError otherwise."""
-    text = str(spec).strip().lower()
-    if text in ("all", "*"):
-        return None
-    try:
-        ranks = frozenset(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise ValueError(f"per_module_ranks must be 'all' or comma-separated rank numbers like '0' or '0,8', got {spec!r}") from None
-    if not ranks or min(ranks) < 0:
-        raise ValueError(f"per_module_ranks must name at least one rank >= 0 (or 'all'), got {spec!r}")
-    return ranks
 
 
 def exports_per_module(spec: str, info: RankInfo, sharded: bool) -> bool:

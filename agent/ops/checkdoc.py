@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .catalogue import CHECKS, THRESHOLD_DOCS
+from ..checks.catalogue import CHECKS, THRESHOLD_DOCS
 
 HEADER = """# Check catalogue
 
-Generated from `agent/catalogue.py` by `nnwatch generate`; do not edit by hand. The same entries drive the
+Generated from `agent/checks/catalogue.py` by `nnwatch generate`; do not edit by hand. The same entries drive the
 in-process checks (`monitor.findings`, the log, the webhook) and the Prometheus alert rules in `alerts/`.
 Holds and warm-ups count sampled steps (every `sample_every` steps, default 10). Override a threshold with
 `attach(..., thresholds={"dead_units.ratio": 0.3})` or `NNWATCH_THRESHOLDS=dead_units.ratio=0.3`.

@@ -1,6 +1,6 @@
 """The check catalogue: one source of truth for names, thresholds, durations, severities, texts and runbooks.
 
-The in-process check engine (agent.checks), the generated Prometheus rules (alerts/) and the runbooks
+The in-process check engine (agent.checks.engine), the generated Prometheus rules (alerts/) and the runbooks
 (docs/runbooks.md) all read this table. Check names are a contract; the alert name is ``NNWatch`` +
 PascalCase(name). Thresholds were calibrated on the healthy and broken scenarios in tests/scenarios.
 No torch import here.

@@ -14,10 +14,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    from .checks import Finding
+from .findings import Finding
+
 
 log = logging.getLogger("nnwatch")
 

@@ -11,39 +11,23 @@ import math
 import statistics
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
+from ..snapshot import Snapshot
 from .catalogue import BY_NAME, CHECKS, Check
-from .snapshot import Snapshot
+from .findings import Finding
+from .watcher import start_watcher, stall_condition
 
 if TYPE_CHECKING:
-    from .notify import Notifier
+    from .delivery import Notifier
 
 Condition = tuple[str | None, float, dict[str, Any]]
 """(module or None, the number that shows it, extra template fields)"""
 
 STICKY = frozenset({"loss_at_init", "constant_init"})
 """Facts about the run's start: once fired they stay (the condition cannot change)."""
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A silent failure the agent found.
-
-    ``step`` is the step since which the condition holds; ``message`` is the one-line explanation
-    (what, where, the number, what to try).
-    """
-
-    check: str
-    severity: str
-    module: str | None
-    step: int
-    message: str
-    value: float | None = None
-    runbook_url: str = ""
 
 
 @dataclass
@@ -161,7 +145,7 @@ class CheckEngine:
 
     # -- the checks: each yields the conditions that hold on this snapshot --------------------------
     def _check_nonfinite_values(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
-        amp = getattr(m, "amp", None)  # agent.amp.ScalerWatch: skipped steps are expected, a run of them is not
+        amp = getattr(m, "amp", None)  # agent.collect.amp.ScalerWatch: skipped steps are expected, a run of them is not
         skips = amp.consecutive_skips if amp is not None else 0
         if skips >= self.th(c, "amp_skipped_steps"):
             scale = f"{amp.scale:.3g}" if amp.scale is not None else "unknown"
@@ -342,18 +326,8 @@ class CheckEngine:
     def stall_condition(self, monitor: Any, now: float) -> Condition | None:
         """The training_stalled condition at wall time ``now`` (None when steps are coming)."""
         c = BY_NAME["training_stalled"]
-        last = monitor.last_step_wall
-        if last is None:
-            return None
-        age = now - last
-        recent = list(monitor._recent_step_seconds)
-        usual = statistics.median(recent) if recent else 0.0
-        learned = max(self.th(c, "min_seconds"), self.th(c, "factor") * usual)
-        hard = self.options.stall_seconds
-        if age > learned or (hard is not None and age > hard):
-            since = time.strftime("%H:%M:%S", time.localtime(last))
-            return None, age, {"usual": usual, "since": since}
-        return None
+        return stall_condition(monitor.steps.last_step_wall, monitor.steps.recent_step_seconds, now,
+                               self.th(c, "min_seconds"), self.th(c, "factor"), self.options.stall_seconds)
 
     def check_stall(self, monitor: Any, now: float | None = None) -> None:
         """Evaluate training_stalled once (the watcher thread calls this; tests may too)."""
@@ -363,25 +337,10 @@ class CheckEngine:
             self._apply(current, monitor.step_index, only={"training_stalled"})
 
     def _ensure_watcher(self, monitor: Any) -> None:
-        if self._watcher is not None or self._stop.is_set():
-            return
-        ref = weakref.ref(monitor)
-        hard = self.options.stall_seconds
-        interval = self._watch_interval or max(0.05, min(5.0, (hard or 60.0) / 4))
-
-        def watch() -> None:
-            while not self._stop.wait(interval):
-                mon = ref()
-                if mon is None:
-                    return
-                try:
-                    self.check_stall(mon)
-                except Exception:  # noqa: BLE001
-                    mon.guard.failed("stall_watcher")
-                del mon
-
-        self._watcher = threading.Thread(target=watch, name="nnwatch-stall-watcher", daemon=True)
-        self._watcher.start()
+        if self._watcher is None and not self._stop.is_set():
+            hard = self.options.stall_seconds
+            interval = self._watch_interval or max(0.05, min(5.0, (hard or 60.0) / 4))
+            self._watcher = start_watcher(self.check_stall, monitor, interval, self._stop)
 
     def close(self) -> None:
         """Stop the watcher thread and flush the notifier."""

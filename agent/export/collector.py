@@ -1,4 +1,4 @@
-"""Prometheus export: a custom collector over the monitor's host state, and the /metrics HTTP server.
+"""The Prometheus collector: every ``nnwatch_*`` family from the monitor's host state.
 
 The collector only reads host values (the latest immutable Snapshot and plain counters); it never
 touches a device tensor, so a scrape cannot slow or sync the training step.
@@ -10,17 +10,13 @@ import logging
 import os
 import platform
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ._version import __version__
-from .config import Options
-
-if TYPE_CHECKING:
-    from .monitor import Monitor
+from .._version import __version__
+from .source import MetricsSource
 
 log = logging.getLogger("nnwatch")
 
@@ -58,7 +54,7 @@ def spread_select(names: Sequence[str], cap: int, keep: set[str]) -> list[str]:
 class NNWatchCollector:
     """Yields every ``nnwatch_*`` family from a monitor; holds the monitor weakly."""
 
-    def __init__(self, monitor: "Monitor", extra_labels: dict[str, str] | None = None) -> None:
+    def __init__(self, monitor: MetricsSource, extra_labels: dict[str, str] | None = None) -> None:
         self._monitor = weakref.ref(monitor)
         self._extra = dict(extra_labels if extra_labels is not None else distributed_labels())
 
@@ -85,7 +81,7 @@ class NNWatchCollector:
             fam.add_metric([*self._extra.values(), *labels.values()], value)
             yield fam
 
-    def _collect(self, m: "Monitor") -> Iterator[Metric]:
+    def _collect(self, m: MetricsSource) -> Iterator[Metric]:
         ev = list(self._extra.values())
         snap = m.snapshot
         opts = m.options
@@ -96,20 +92,20 @@ class NNWatchCollector:
         yield info
 
         # Every step.
-        yield from self._one("counter", "nnwatch_steps", "Training steps completed in this process.", m.steps_in_process)
+        yield from self._one("counter", "nnwatch_steps", "Training steps completed in this process.", m.steps.steps_in_process)
         yield from self._one("gauge", "nnwatch_step", "Current global training step (continues across restarts from a checkpoint).", m.step_index)
         yield from self._one("counter", "nnwatch_sampled_steps", "Steps on which the heavy statistics were computed.", m.sampled_steps)
         yield from self._one("gauge", "nnwatch_sample_interval_steps", "Heavy statistics are computed every this many steps (the live value when an overhead budget adapts it).", m.schedule.interval)
-        yield from self._one("gauge", "nnwatch_step_duration_seconds", "Wall time of the last training step.", m.last_step_seconds)
-        yield from self._one("counter", "nnwatch_step_time_seconds", "Wall time of all training steps; rate() over rate(nnwatch_steps_total) is the mean step time.", m.step_seconds_total)
+        yield from self._one("gauge", "nnwatch_step_duration_seconds", "Wall time of the last training step.", m.steps.last_step_seconds)
+        yield from self._one("counter", "nnwatch_step_time_seconds", "Wall time of all training steps; rate() over rate(nnwatch_steps_total) is the mean step time.", m.steps.step_seconds_total)
         yield from self._rank_time(m)
         yield from self._amp(m)
-        yield from self._one("gauge", "nnwatch_last_step_timestamp_seconds", "Unix time at which the last step completed.", m.last_step_wall)
-        if m.samples_total:
-            yield from self._one("counter", "nnwatch_samples", "Training samples processed (first dimension of the model input).", m.samples_total)
-            yield from self._one("gauge", "nnwatch_samples_per_second", "Training samples per second over the last step.", m.samples_per_second)
+        yield from self._one("gauge", "nnwatch_last_step_timestamp_seconds", "Unix time at which the last step completed.", m.steps.last_step_wall)
+        if m.steps.samples_total:
+            yield from self._one("counter", "nnwatch_samples", "Training samples processed (first dimension of the model input).", m.steps.samples_total)
+            yield from self._one("gauge", "nnwatch_samples_per_second", "Training samples per second over the last step.", m.steps.samples_per_second)
         lr = self._family("gauge", "nnwatch_learning_rate", "Learning rate per optimizer param group.", ["param_group"])
-        for k, v in enumerate(m.learning_rates):
+        for k, v in enumerate(m.steps.learning_rates):
             lr.add_metric([*ev, str(k)], v)
         yield lr
 
@@ -144,7 +140,7 @@ class NNWatchCollector:
             yield from self._one("gauge", "nnwatch_expected_initial_loss", "Loss expected at initialisation (ln(num_classes) or the configured value).", expected)
         yield from self._one("gauge", "nnwatch_validation_loss", "Last validation loss logged.", snap.val_loss)
         logged = self._family("gauge", "nnwatch_logged_value", "Other scalars passed to monitor.log(), by name.", ["name"])
-        for name, v in sorted(m.logged_values.items()):
+        for name, v in sorted(m.logged.logged_values.items()):
             logged.add_metric([*ev, name], v)
         yield logged
 
@@ -229,13 +225,13 @@ class NNWatchCollector:
         yield used
         yield total
 
-    def _rank_time(self, m: "Monitor") -> Iterator[Metric]:
+    def _rank_time(self, m: MetricsSource) -> Iterator[Metric]:
         """Where this rank's step time goes; in DDP the gradient all-reduce makes every rank's step equally
         long, so a straggler shows only in the time spent on its own work."""
-        yield from self._one("counter", "nnwatch_forward_time_seconds", "Wall time inside training forward passes of the model (this rank's own work, never waiting on other ranks' gradients).", getattr(m, "forward_seconds_total", None))
-        yield from self._one("counter", "nnwatch_input_wait_seconds", "Wall time from each step boundary to the step's first training forward (data loading, host-to-device copies).", getattr(m, "input_wait_seconds_total", None))
+        yield from self._one("counter", "nnwatch_forward_time_seconds", "Wall time inside training forward passes of the model (this rank's own work, never waiting on other ranks' gradients).", m.steps.forward_seconds_total)
+        yield from self._one("counter", "nnwatch_input_wait_seconds", "Wall time from each step boundary to the step's first training forward (data loading, host-to-device copies).", m.steps.input_wait_seconds_total)
 
-    def _amp(self, m: "Monitor") -> Iterator[Metric]:
+    def _amp(self, m: MetricsSource) -> Iterator[Metric]:
         """GradScaler state, when the monitor watches one (Monitor.watch_scaler)."""
         amp = getattr(m, "amp", None)
         if amp is None:
@@ -272,7 +268,7 @@ class NNWatchCollector:
                     fam.add_metric([*ev, l.module], v * v)
             yield fam
 
-    def _findings(self, m: "Monitor", ev: list[str]) -> Iterator[Metric]:
+    def _findings(self, m: MetricsSource, ev: list[str]) -> Iterator[Metric]:
         active = self._family("gauge", "nnwatch_finding_active", "1 while a check is firing for a module (module is empty for model-wide checks).", ["check", "severity", "module"])
         for f in m.findings:
             active.add_metric([*ev, f.check, f.severity, f.module or ""], 1)
@@ -285,50 +281,4 @@ class NNWatchCollector:
             yield total
 
 
-class Exporter:
-    """Serves a monitor's /metrics over HTTP(S) on a background thread (idle between scrapes)."""
-
-    def __init__(self, monitor: "Monitor", options: Options, *, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
-        self.collector = NNWatchCollector(monitor)
-        self.registry.register(self.collector)
-        self.url: str | None = None
-        self._server: Any = None
-        self._thread: Any = None
-        port = options.port
-        if port is None:
-            return
-        local_rank = os.environ.get("LOCAL_RANK")
-        if port and local_rank and local_rank.isdigit():
-            port += int(local_rank)  # one port per rank: multiprocess mode cannot run custom collectors
-        try:
-            self._server, self._thread = start_http_server(
-                port, addr=options.addr, registry=self.registry, certfile=options.tls_cert, keyfile=options.tls_key
-            )
-        except OSError as exc:
-            log.warning("nnwatch: cannot serve /metrics on %s:%s (%s); training continues without it. "
-                        "Pick another port with port=... or NNWATCH_PORT (0 picks a free one).", options.addr, port, exc)
-            return
-        bound = self._server.server_address[1]
-        host = options.addr
-        if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
-        scheme = "https" if options.tls_cert else "http"
-        self.url = f"{scheme}://{host}:{bound}/metrics"
-        log.info("nnwatch: serving metrics at %s", self.url)
-
-    def close(self) -> None:
-        """Stop the server and release the port."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        try:
-            self.registry.unregister(self.collector)
-        except KeyError:
-            pass
+__all__ = ["NNWatchCollector", "distributed_labels", "spread_select"]

@@ -1,4 +1,4 @@
-"""``nnwatch dashboards push``: upload the dashboards to a running Grafana's HTTP API with ``grafana-client``.
+"""``nnwatch dashboards push|generate``: upload the dashboards to a running Grafana (``grafana-client``), or regenerate them.
 
 Each dashboard is created or overwritten by uid in one folder (created when missing); failures a user can
 fix (no URL, a rejected token, an unreachable Grafana) end in one line saying what to do.
@@ -24,7 +24,7 @@ class PushError(RuntimeError):
 def load_dashboards(folder: Path | None) -> list[dict[str, Any]]:
     """The committed dashboards from ``folder`` (default: the checkout's dashboards/), or built in memory
     when no folder has them (an installed package without the checkout)."""
-    from .cli import repo_root
+    from .paths import repo_root
 
     folder = folder if folder is not None else repo_root() / "dashboards"
     paths = [folder / name for name in FILES.values()]
@@ -114,4 +114,36 @@ def push_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["PushError", "load_dashboards", "push", "push_command"]
+# --- command line --------------------------------------------------------------------------------
+
+
+def _generate_command(args: argparse.Namespace) -> int:
+    from . import chart
+    from .dashboards import generate
+    from .paths import repo_root
+
+    root = Path(args.root) if args.root else repo_root()
+    for path in generate(root) + chart.generate(root):
+        print(f"wrote {path.relative_to(root)}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``nnwatch dashboards push|generate``."""
+    p = sub.add_parser("dashboards", help="Grafana dashboards: push them to a running Grafana, or regenerate them")
+    dsub = p.add_subparsers(dest="dashboards_command", required=True)
+    push_p = dsub.add_parser("push", help="create or overwrite the nnwatch dashboards in a Grafana (by uid)")
+    push_p.add_argument("--url", help="Grafana base URL, e.g. http://localhost:3000 (env NNWATCH_GRAFANA_URL)")
+    push_p.add_argument("--token", help="service account token with the Editor role (env NNWATCH_GRAFANA_TOKEN); "
+                        "user:password in the URL also works")
+    push_p.add_argument("--folder", default=FOLDER_TITLE, help=f"folder title (default: {FOLDER_TITLE})")
+    push_p.add_argument("--folder-uid", default=FOLDER_UID, help=f"folder uid (default: {FOLDER_UID})")
+    push_p.add_argument("--dir", help="folder with the dashboard JSON (default: the checkout's dashboards/)")
+    push_p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default: 10)")
+    push_p.set_defaults(func=push_command)
+    gen_p = dsub.add_parser("generate", help="rewrite dashboards/*.json and the Helm chart's copies")
+    gen_p.add_argument("--root", help="repository root to write into (default: this checkout)")
+    gen_p.set_defaults(func=_generate_command)
+
+
+__all__ = ["PushError", "load_dashboards", "push", "push_command", "register"]

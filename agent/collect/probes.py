@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from . import stats
-from .snapshot import ActivationStats
+from ..snapshot import ActivationStats
 from .transfer import DeviceBatch
 
 

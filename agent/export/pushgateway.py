@@ -13,15 +13,12 @@ import logging
 import socket
 import threading
 import weakref
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, push_to_gateway
 
-from .config import Options
-from .distributed import RankInfo
-
-if TYPE_CHECKING:
-    from .monitor import Monitor
+from ..collect.distributed import RankInfo
+from ..config import Options
+from .collector import NNWatchCollector
+from .source import MetricsSource
 
 log = logging.getLogger("nnwatch")
 
@@ -29,9 +26,7 @@ log = logging.getLogger("nnwatch")
 class Pusher:
     """Pushes one monitor's metrics to a Pushgateway."""
 
-    def __init__(self, monitor: "Monitor", options: Options, *, timeout: float = 5.0) -> None:
-        from .export import NNWatchCollector
-
+    def __init__(self, monitor: MetricsSource, options: Options, *, timeout: float = 5.0) -> None:
         assert options.pushgateway_url
         self.url = options.pushgateway_url.rstrip("/")
         self.job = options.job or _script_job()

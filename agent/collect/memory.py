@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import torch
 
-from .snapshot import MemoryStats
+from ..snapshot import MemoryStats
 
 log = logging.getLogger("nnwatch")
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from torch import Tensor
 
+from ..guard import Guard
 from .transfer import DeviceBatch
-
-if TYPE_CHECKING:
-    from .monitor import Monitor
 
 log = logging.getLogger("nnwatch")
 
@@ -26,10 +24,15 @@ log = logging.getLogger("nnwatch")
 class ScalerWatch:
     """Counts steps skipped by one GradScaler and reads its scale on sampled steps."""
 
-    def __init__(self, monitor: "Monitor", scaler: Any) -> None:
+    def __init__(self, scaler: Any, guard: Guard, step_index: Callable[[], int], on_skip: Callable[[Any], None],
+                 *, pending_state: dict[str, Any] | None = None) -> None:
+        """``step_index()`` reads the current step; ``on_skip(optimizer)`` ends the step the scaler skipped;
+        ``pending_state`` is a ``state_dict()`` restored before the watch began."""
         if not callable(getattr(scaler, "step", None)) or not hasattr(scaler, "update"):
             raise TypeError(f"watch_scaler() needs a torch.amp.GradScaler, got {type(scaler).__name__}")
-        self._monitor = weakref.ref(monitor)
+        self._guard = guard
+        self._step_index = step_index
+        self._on_skip = on_skip
         self._scaler = weakref.ref(scaler)
         self._original = scaler.step
         self._stepped = False
@@ -43,35 +46,33 @@ class ScalerWatch:
         self.scale: float | None = None
         """Loss scale read on the last sampled step."""
         scaler.step = self._step
-        pending = monitor.__dict__.pop("_pending_amp_state", None)  # load_state_dict() ran before this watch
-        if pending:
-            self.load_state_dict(pending)
+        if pending_state:
+            self.load_state_dict(pending_state)
 
     def _mark(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._stepped = True
         return None
 
     def _step(self, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-        monitor = self._monitor()
-        if monitor is not None and id(optimizer) not in self._hooked:
-            monitor.guard.call("amp", self._hook, optimizer)
+        if id(optimizer) not in self._hooked:
+            self._guard.call("amp", self._hook, optimizer)
         self._stepped = False
         result = self._original(optimizer, *args, **kwargs)
-        if monitor is not None and id(optimizer) in self._hooked:
-            monitor.guard.call("amp", self._after, monitor, optimizer)
+        if id(optimizer) in self._hooked:
+            self._guard.call("amp", self._after, optimizer)
         return result
 
     def _hook(self, optimizer: Any) -> None:
         self._hooked[id(optimizer)] = optimizer.register_step_post_hook(self._mark)
 
-    def _after(self, monitor: "Monitor", optimizer: Any) -> None:
+    def _after(self, optimizer: Any) -> None:
         if self._stepped:
             self.consecutive_skips = 0
             return
         self.skipped_total += 1
         self.consecutive_skips += 1
-        self.last_skipped_step = monitor.step_index
-        monitor._on_amp_skip(optimizer)
+        self.last_skipped_step = self._step_index()
+        self._on_skip(optimizer)
 
     def queue(self, batch: DeviceBatch) -> None:
         """Queue the current scale for the sampled step's one batched copy."""

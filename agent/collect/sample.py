@@ -1,0 +1,54 @@
+"""A sampled step's end: queue every device statistic, copy them to the host at once, build the Snapshot."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..snapshot import Snapshot
+from .logged import LoggedValues
+from .memory import MemoryReader
+from .params import ParamTracker
+from .probes import ActivationProbe
+from .steps import StepClock
+from .transfer import DeviceBatch
+
+
+def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationProbe, amp: Any,
+                memory: MemoryReader, steps: StepClock, in_optimizer: set[int] | None, *,
+                eval_in_train_forwards: int, wall: float) -> Snapshot:
+    """The immutable host record of the step now ending (``wall``: its Unix time); one host-device sync,
+    plus one more only when a norm came back non-finite (exact NaN/Inf counts)."""
+    batch = DeviceBatch()
+    trainable = params.trainable()
+    with torch.no_grad():
+        params.queue(batch, trainable)
+        logged.queue(batch)
+        sites = probe.queue(batch)
+        if amp is not None:
+            amp.queue(batch)
+        host = batch.fetch()  # the one host-device sync of this sampled step
+        nonfinite = params.exact_nonfinite(host, trainable)
+    loss, loss_nonfinite = logged.read(host)
+    uncleared = host.get("uncleared")
+    return Snapshot(
+        step=steps.step_index,
+        time=wall,
+        loss=loss,
+        loss_nonfinite=loss_nonfinite,
+        first_loss=logged.first_loss,
+        val_loss=logged.val_loss_last,
+        learning_rates=steps.learning_rates,
+        layers=params.layer_stats(host, trainable, nonfinite, in_optimizer),
+        activations=probe.results(sites, host),
+        memory=memory.read(),
+        uncleared_grad_norm=math.sqrt(uncleared) if uncleared is not None and uncleared >= 0 else uncleared,
+        eval_in_train_forwards=eval_in_train_forwards,
+        step_seconds=steps.median_step_seconds(),
+        amp_skipped=amp.read(host, steps.step_index) if amp is not None else False,
+    )
+
+
+__all__ = ["take_sample"]

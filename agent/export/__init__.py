@@ -1,0 +1,1 @@
+"""Export of the host snapshot: the Prometheus collector, the /metrics HTTP(S) server and the Pushgateway."""

@@ -32,7 +32,7 @@ class Options:
     overhead budget this is the shortest interval."""
     overhead_budget: float | None = 0.01
     """Share of step time the agent may take (0.01 = 1%): the sampling interval starts at ``sample_every``
-    and grows (up to 1000 steps) when sampled steps would cost more, which only happens for small models with
+    and doubles (up to 50 steps) when sampled steps would cost more, which only happens for small models with
     very short steps. None: a fixed ``sample_every``. Setting ``sample_every`` without a budget also means a
     fixed interval. The live interval is ``nnwatch_sample_interval_steps``."""
     activations: bool = True
@@ -60,6 +60,11 @@ class Options:
     """Slack-compatible incoming-webhook URL that receives each new finding and its resolution."""
     log_findings: bool = True
     """Log each finding and its resolution through the ``nnwatch`` logger."""
+    console_log: bool = True
+    """When the application has not configured logging, print the agent's INFO lines (where /metrics is served,
+    findings, resolutions, the summary at close) to stderr; False leaves the ``nnwatch`` logger alone."""
+    name: str | None = None
+    """The model's name in log lines when a process watches several models (default: its class name)."""
     checks: bool = True
     """Run the in-process check engine on each sampled step."""
     thresholds: dict[str, float] | None = None

@@ -85,7 +85,7 @@ def test_fixed_schedule_keeps_the_global_step_phase():
     assert sched.interval == 10 and sched.share is None
 
 
-def test_budget_schedule_counts_down_the_adapted_interval():
+def test_budget_schedule_doubles_the_interval_on_aligned_steps():
     sched = SampleSchedule(4, overhead_budget=0.01)
     agent_s = step_s = 0.0
     sampled = []
@@ -96,8 +96,9 @@ def test_budget_schedule_counts_down_the_adapted_interval():
         if sched.next_sampled(k, agent_s, step_s):
             sampled.append(k)
     gaps = [b - a for a, b in zip(sampled, sampled[1:])]
-    assert gaps[0] == 4 and gaps[-1] >= 40  # grew from sample_every towards ~50
-    assert sched.interval == gaps[-1] or sched.interval >= 40
+    assert gaps[0] == 4 and gaps[-1] == 32  # doubled from sample_every up to the largest level within 50 steps
+    assert set(gaps) <= {4, 8, 16, 32} and all(s % g == 0 for s, g in zip(sampled[1:], gaps))  # aligned levels
+    assert sched.interval == 32
 
 
 def test_option_and_environment_variable():

@@ -16,6 +16,11 @@ import statistics
 from collections import deque
 
 
+MAX_INTERVAL_STEPS = 50
+"""The overhead budget never stretches the interval past this many steps (or ``sample_every`` when larger): no
+check waits longer than that for its next sample, whatever the model's step time."""
+
+
 class OverheadController:
     """Adapts a sampling interval (steps) to keep the agent's share of step time near ``budget``.
 
@@ -78,14 +83,15 @@ class SampleSchedule:
 
     def __init__(self, sample_every: int, overhead_budget: float | None = None, **controller: int | float) -> None:
         self.sample_every = sample_every
+        controller.setdefault("max_interval", max(sample_every, MAX_INTERVAL_STEPS))
         self.controller = OverheadController(overhead_budget, sample_every, **controller) if overhead_budget else None  # type: ignore[arg-type]
-        self._countdown = self.interval
         self._mark: tuple[float, float, int] | None = None  # totals at the last sample
+        self._level = sample_every
 
     @property
     def interval(self) -> int:
         """The current sampling interval in steps (the live value in budget mode)."""
-        return self.controller.interval if self.controller is not None else self.sample_every
+        return self._level if self.controller is not None else self.sample_every
 
     @property
     def share(self) -> float | None:
@@ -94,19 +100,25 @@ class SampleSchedule:
 
     def next_sampled(self, step_index: int, agent_seconds: float, step_seconds: float) -> bool:
         """Called once per step boundary with the new global step index and the running totals of agent
-        seconds and step seconds; True when the step about to start is sampled."""
+        seconds and step seconds; True when the step about to start is sampled.
+
+        Budget mode samples the multiples of a level ``sample_every * 2**k`` (at most ``max_interval``): the
+        sampled steps are the same in every run whatever small changes of speed move the controller, so a
+        seeded run is checked on the same steps under load."""
         if self.controller is None:
             return step_index % self.sample_every == 0
-        self._countdown -= 1
-        if self._countdown > 0:
+        if step_index % self._level:
             return False
         if self._mark is not None:  # the first interval after attach also holds attach-time work: skip it
             a0, s0, n0 = self._mark
             if step_index > n0:
                 self.controller.update(agent_seconds - a0, step_seconds - s0, step_index - n0)
         self._mark = (agent_seconds, step_seconds, step_index)
-        self._countdown = self.controller.interval
-        return True
+        level = self.sample_every
+        while level * 2 <= min(self.controller.interval, self.controller.max_interval):
+            level *= 2
+        self._level = level
+        return step_index % level == 0
 
 
 class ForwardCost:

@@ -20,7 +20,7 @@ from torch.utils.hooks import RemovableHandle
 from . import state
 from .checks.delivery import Notifier
 from .checks.engine import CheckEngine
-from .checks.findings import Finding
+from .checks.findings import Finding, FindingRecord
 from .collect import native
 from .collect.budget import ForwardCost, SampleSchedule
 from .collect.distributed import RankInfo, exports_per_module, is_sharded, next_fingerprint, unwrap
@@ -31,6 +31,7 @@ from .collect.probes import ActivationProbe
 from .collect.steps import StepClock, batch_size
 from .collect.sample import take_sample
 from .config import Options
+from .console import show_agent_logs
 from .guard import Guard
 from .snapshot import Snapshot
 
@@ -91,26 +92,16 @@ class Monitor:
         if options.native and self.params.any_on_cpu():
             native.start()  # background build/load; CPU statistics use torch ops until it is ready
 
-        self.engine = None
-        if options.checks:
-            notifier = Notifier(log_findings=options.log_findings, webhook_url=options.webhook_url,
-                                job=options.job or _script_name())
-            self.engine = CheckEngine(options, notifier=notifier)
-
+        if options.console_log:
+            show_agent_logs()
+        self.name = options.name or type(model).__name__
+        _LIVE.add(self)
+        self.engine = _check_engine(self, options)
         self._install_hooks(hook_target, optimizer)
         self.constant_weights: tuple[str, ...] = self.guard.call("constant_init", self.params.constant_layers) or ()
         self._finalizer = weakref.finalize(model, _close_ref, weakref.ref(self))
 
-        self.exporter = None
-        if serve and options.port is not None:
-            from .export.server import Exporter
-
-            self.exporter = Exporter(self, options, registry=registry)
-        self.pusher = None
-        if serve and options.pushgateway_url:
-            from .export.pushgateway import Pusher
-
-            self.pusher = Pusher(self, options)
+        self.exporter, self.pusher = _exporters(self, options, registry) if serve else (None, None)
 
     # -- public API --------------------------------------------------------------------------------
     @property
@@ -128,6 +119,11 @@ class Monitor:
         """The latest sampled-step snapshot (immutable), or None before the first sample."""
         with self._lock:
             return self._snapshot
+
+    @property
+    def history(self) -> list[FindingRecord]:
+        """Every finding raised so far, resolved or not (first, last and resolved step, peak, consequences)."""
+        return self.engine.incidents.history() if self.engine is not None else []
 
     @property
     def step_index(self) -> int:
@@ -205,6 +201,7 @@ class Monitor:
             if part is not None:
                 part.close()
         self._finalizer.detach()
+        _log_summary(self)
         self.params.clear()
         self.logged.clear_pending()
         self._train_sensitive = []
@@ -363,6 +360,53 @@ class Monitor:
         self._overhead_mark = (agent_s, step_s)
         if self.engine is not None:
             self.guard.call("checks", self.engine.evaluate, snap, self)
+
+
+def _check_engine(monitor: Monitor, options: Options) -> CheckEngine | None:
+    """The check engine with its notifier (log lines name the model when the process watches several)."""
+    if not options.checks:
+        return None
+    notifier = Notifier(log_findings=options.log_findings, webhook_url=options.webhook_url,
+                        job=options.job or _script_name())
+    notifier.model = _name_when_several(weakref.ref(monitor))
+    return CheckEngine(options, notifier=notifier)
+
+
+def _exporters(monitor: Monitor, options: Options, registry: Any) -> tuple[Any, Any]:
+    """The /metrics server and the Pushgateway pusher, each when configured."""
+    exporter = pusher = None
+    if options.port is not None:
+        from .export.server import Exporter
+
+        exporter = Exporter(monitor, options, registry=registry)
+    if options.pushgateway_url:
+        from .export.pushgateway import Pusher
+
+        pusher = Pusher(monitor, options)
+    return exporter, pusher
+
+
+def _log_summary(monitor: Monitor) -> None:
+    """One paragraph at close: what was found, or that nothing was watched."""
+    who = f" ({monitor.name})" if len(_LIVE) > 1 else ""
+    _LIVE.discard(monitor)
+    if not monitor.steps.steps_in_process:
+        log.warning("nnwatch%s: watched 0 steps: attach the optimizer (agent.attach(model, optimizer)) or call "
+                    "monitor.step() after each update", who)
+    elif monitor.engine is not None:
+        summary = monitor.engine.incidents.summary(monitor.steps.steps_in_process)
+        log.info(summary.replace("nnwatch:", f"nnwatch{who}:", 1))
+
+
+_LIVE: "weakref.WeakSet[Monitor]" = weakref.WeakSet()
+"""Open monitors of this process: log lines name the model when there are several."""
+
+
+def _name_when_several(ref: "weakref.ref[Monitor]") -> Callable[[], str | None]:
+    def name() -> str | None:
+        m = ref()
+        return m.name if m is not None and len(_LIVE) > 1 else None
+    return name
 
 
 def _script_name() -> str | None:

@@ -19,8 +19,9 @@ class Recorder:
     def __init__(self):
         self.events = []
 
-    def fired(self, f):
+    def fired(self, f, consequences=""):
         self.events.append(("fired", f.check, f.module, f.step))
+        self.consequences = consequences
 
     def resolved(self, f, step):
         self.events.append(("resolved", f.check, f.module, step))
@@ -91,8 +92,10 @@ def test_fires_only_after_hold_then_stays_once_then_resolves():
     assert rec.events == [("fired", "dead_units", "act1", 0)]  # once while it holds
     assert eng.active()[0].value == 0.8  # the number stays current
     eng.evaluate(dead_snap(100, 0.1), mon)
+    assert len(eng.active()) == 1  # hysteresis: one clean sample does not resolve it
+    eng.evaluate(dead_snap(110, 0.1), mon)
     assert eng.active() == []
-    assert rec.events[-1] == ("resolved", "dead_units", "act1", 100)
+    assert rec.events[-1] == ("resolved", "dead_units", "act1", 110)
     assert eng.raised[("dead_units", "warning")] == 1
 
 

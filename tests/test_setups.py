@@ -206,7 +206,9 @@ def test_sparse_gradients_with_sgd():
         _assert_close(snap, ref)
         assert all(l.update_norm and l.update_norm > 0 for l in snap.layers)
         assert not monitor.guard.errors
-        assert finding_checks(monitor) == []
+        # 30 steps barely move this loss off ln(4) (97% of its start): loss_not_decreasing says so, rightly,
+        # and no longer flaps off before the end. Nothing about the sparse gradients themselves.
+        assert [c for c in finding_checks(monitor) if not c.startswith("loss_not_decreasing")] == []
 
 
 def test_sparse_adam_plus_dense_adam_without_attached_optimizer():

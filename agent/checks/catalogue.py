@@ -255,6 +255,26 @@ CHECKS: tuple[Check, ...] = (
 
 BY_NAME: Mapping[str, Check] = MappingProxyType({c.name: c for c in CHECKS})
 
+_EXPLAINS: dict[str, tuple[str, ...]] = {
+    # A NaN/Inf poisons everything computed after it: units look dead or saturated, norms and the loss are junk.
+    "nonfinite_values": ("exploding_gradients", "vanishing_gradients", "dead_units", "saturated_activations",
+                         "loss_not_decreasing", "weights_not_updating", "update_ratio_out_of_range",
+                         "gradients_not_cleared", "overfitting"),
+    # Gradients that pile up step after step act like an ever larger learning rate: units die, the loss stalls.
+    "gradients_not_cleared": ("dead_units", "saturated_activations", "loss_not_decreasing", "exploding_gradients",
+                              "update_ratio_out_of_range"),
+    # No learning rate, no update: weights stand still and the loss stays flat.
+    "learning_rate_zero": ("weights_not_updating", "loss_not_decreasing", "update_ratio_out_of_range"),
+    # A gradient too small to move fp32 weights looks like a layer that is not updated.
+    "vanishing_gradients": ("weights_not_updating", "loss_not_decreasing"),
+}
+EXPLAINED_BY: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    effect: tuple(cause for cause, effects in _EXPLAINS.items() if effect in effects)
+    for effect in {e for effects in _EXPLAINS.values() for e in effects}
+})
+"""Check -> the checks that explain it, most basic first. While a cause holds, its consequences are listed
+under it instead of being logged with their own advice (the in-process twin of Alertmanager inhibition)."""
+
 THRESHOLD_DOCS: Mapping[str, str] = MappingProxyType({
     "nonfinite_values.min_count": "non-finite elements that fire the check",
     "nonfinite_values.amp_skipped_steps": "optimizer steps skipped in a row by a watched GradScaler (loss scale collapsing) that fire the check",
@@ -301,4 +321,4 @@ def validate_catalogue() -> None:
             assert f"{c.name}.{t}" in THRESHOLD_DOCS, f"{c.name}.{t} undocumented"
 
 
-__all__ = ["Check", "CHECKS", "BY_NAME", "THRESHOLD_DOCS", "alert_name", "validate_catalogue", "SEVERITIES"]
+__all__ = ["Check", "CHECKS", "BY_NAME", "EXPLAINED_BY", "THRESHOLD_DOCS", "alert_name", "validate_catalogue", "SEVERITIES"]

@@ -25,14 +25,23 @@ _LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING, "info": logging
 _ICON = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
 
 
-def finding_line(f: "Finding") -> str:
-    """The one log line of a finding: severity, check, the message (what, where, since when, what to try)."""
-    return f"nnwatch [{f.severity}] {f.check}: {f.message} Runbook: {f.runbook_url}"
+def finding_line(f: Finding, consequences: str = "", model: str | None = None) -> str:
+    """The one log line of an incident: severity, check, the message (what, where, since when, what to try), the
+    consequences it explains (not reported separately), and the model's name when a process watches several."""
+    also = f" It also explains: {consequences} (not reported separately)." if consequences else ""
+    who = f" ({model})" if model else ""
+    return f"nnwatch{who} [{f.severity}] {f.check}: {_one_line(f.message)}{also} Runbook: {f.runbook_url}"
 
 
-def resolved_line(f: "Finding", step: int) -> str:
-    where = f" in {f.module}" if f.module else ""
-    return f"nnwatch [resolved] {f.check}{where} (held from step {f.step} to {step})"
+def _one_line(text: str) -> str:
+    """Module names come from the user's model: a newline in one must not split a log line."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def resolved_line(f: Finding, step: int, model: str | None = None) -> str:
+    where = f" in {_one_line(f.module)}" if f.module else ""
+    who = f" ({model})" if model else ""
+    return f"nnwatch{who} [resolved] {f.check}{where} (held from step {f.step} to {step})"
 
 
 class Notifier:
@@ -52,26 +61,28 @@ class Notifier:
     ) -> None:
         self.log_findings = log_findings
         self.job = job
+        self.model: Callable[[], str | None] = lambda: None
+        """The watched model's name when the process watches several (set by the monitor), else None."""
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
         self._webhook = _Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self) if webhook_url else None
 
-    def fired(self, f: "Finding") -> None:
-        """A finding started to hold."""
+    def fired(self, f: Finding, consequences: str = "") -> None:
+        """A finding started to hold; ``consequences`` lists the findings it explains (logged in the same line)."""
         if self.log_findings:
-            log.log(_LEVEL.get(f.severity, logging.WARNING), finding_line(f))
+            log.log(_LEVEL.get(f.severity, logging.WARNING), finding_line(f, consequences, self.model()))
         if self._webhook is not None:
             self._webhook.put(self._slack(f, resolved_at=None))
 
-    def resolved(self, f: "Finding", step: int) -> None:
+    def resolved(self, f: Finding, step: int) -> None:
         """A finding stopped holding at ``step``."""
         if self.log_findings:
-            log.info(resolved_line(f, step))
+            log.info(resolved_line(f, step, self.model()))
         if self._webhook is not None:
             self._webhook.put(self._slack(f, resolved_at=step))
 
-    def _slack(self, f: "Finding", resolved_at: int | None) -> dict[str, Any]:
+    def _slack(self, f: Finding, resolved_at: int | None) -> dict[str, Any]:
         where = f" in `{f.module}`" if f.module else ""
         job = f" ({self.job})" if self.job else ""
         if resolved_at is None:

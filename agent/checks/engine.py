@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 from ..snapshot import Snapshot
 from .catalogue import BY_NAME, CHECKS, Check
 from .findings import Finding
+from .incidents import Incidents
 from .watcher import start_watcher, stall_condition
 
 if TYPE_CHECKING:
@@ -28,12 +29,20 @@ Condition = tuple[str | None, float, dict[str, Any]]
 
 STICKY = frozenset({"loss_at_init", "constant_init"})
 """Facts about the run's start: once fired they stay (the condition cannot change)."""
+FP32_RESOLUTION = 1e-6
+"""Relative change of a weight tensor below which fp32 rounding may swallow the update (2**-24 is one ulp)."""
+CLEAR_SAMPLES = 2
+"""Samples in a row without its condition before a fired finding resolves (no flapping on a borderline value);
+a stalled job resolves at its next step."""
+RELOG_SAMPLES = 20
+"""A finding that resolves and fires again within this many sample intervals is re-activated without a new log line."""
 
 
 @dataclass
 class _Track:
     since: int
     count: int = 0
+    missing: int = 0
     value: float = 0.0
     fields: dict[str, Any] = field(default_factory=dict)
 
@@ -59,9 +68,7 @@ class CheckEngine:
         self.loss_start: list[float] = []  # the first window of losses, kept for "still near its start"
         self.samples = 0
         self._tracks: dict[tuple[str, str | None], _Track] = {}
-        self._active: dict[tuple[str, str | None], Finding] = {}
-        self.raised: Counter[tuple[str, str]] = Counter()
-        self._lock = threading.Lock()
+        self.incidents = Incidents(notifier, relog_steps=RELOG_SAMPLES * int(getattr(options, "sample_every", 10) or 10))
         self._eval_lock = threading.RLock()
         self._eval_last_count = 0
         self._eval_last_rise = -10**9
@@ -76,9 +83,14 @@ class CheckEngine:
 
     # -- results ---------------------------------------------------------------------------------
     def active(self) -> list[Finding]:
-        """Findings currently firing, oldest first."""
-        with self._lock:
-            return sorted(self._active.values(), key=lambda f: f.step)
+        """Findings currently firing, oldest first (causes only: consequences are listed under their cause)."""
+        with self.incidents.lock:
+            return sorted(self.incidents.active.values(), key=lambda f: f.step)
+
+    @property
+    def raised(self) -> Counter[tuple[str, str]]:
+        """Times each (check, severity) fired as a finding of its own."""
+        return self.incidents.raised
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, snap: Snapshot, monitor: Any) -> None:
@@ -101,38 +113,28 @@ class CheckEngine:
         self._ensure_watcher(monitor)
 
     def _apply(self, current: Mapping[tuple[str, str | None], Condition], step: int, only: set[str]) -> None:
-        """Advance tracks for the conditions that hold; resolve those of the ``only`` checks that cleared."""
-        fired: list[Finding] = []
-        resolved: list[Finding] = []
+        """Advance tracks for the conditions that hold; hand what is ready and what cleared to the incidents."""
+        ready: dict[tuple[str, str | None], Finding] = {}
         for key, (module, value, fields) in current.items():
             check = BY_NAME[key[0]]
             track = self._tracks.get(key)
             if track is None:
                 track = self._tracks[key] = _Track(since=step)
             track.count += 1
+            track.missing = 0
             track.value, track.fields = value, fields
-            if key not in self._active and track.count >= check.hold:
-                finding = self._finding(check, module, track)
-                with self._lock:
-                    self._active[key] = finding
-                self.raised[(check.name, check.severity)] += 1
-                fired.append(finding)
-            elif key in self._active:  # keep the number current while it holds
-                with self._lock:
-                    self._active[key] = self._finding(check, module, track)
-        for key in list(self._tracks):
+            if track.count >= check.hold:
+                ready[key] = self._finding(check, module, track)
+        cleared = set()
+        for key, track in list(self._tracks.items()):
             if key in current or key[0] not in only or key[0] in STICKY:
                 continue
-            del self._tracks[key]
-            with self._lock:
-                finding = self._active.pop(key, None)
-            if finding is not None:
-                resolved.append(finding)
-        if self.notifier is not None:
-            for f in fired:
-                self.notifier.fired(f)
-            for f in resolved:
-                self.notifier.resolved(f, step)
+            track.missing += 1
+            # Hysteresis: a finding that fired resolves only after its condition was gone twice in a row.
+            if key[0] == "training_stalled" or track.count < BY_NAME[key[0]].hold or track.missing >= CLEAR_SAMPLES:
+                del self._tracks[key]
+                cleared.add(key)
+        self.incidents.update(ready, cleared, {k[0] for k in current}, step)
 
     def _finding(self, check: Check, module: str | None, track: _Track) -> Finding:
         fields = {"module": module or "the model", "value": track.value, "since": track.since, **track.fields}
@@ -215,7 +217,7 @@ class CheckEngine:
         improvement = (prev - last) / abs(prev) if prev else 0.0
         dropped = (start - last) / abs(start) if start else 0.0
         # Hysteresis: once firing, it takes twice the minimum improvement to resolve (no flapping).
-        need = self.th(c, "min_improvement") * (2 if ("loss_not_decreasing", None) in self._active else 1)
+        need = self.th(c, "min_improvement") * (2 if ("loss_not_decreasing", None) in self.incidents.active else 1)
         if improvement < need and dropped < 1 - self.th(c, "near_start"):
             yield None, last, {"window": w, "improvement": improvement, "start_ratio": last / start if start else 1.0}
 
@@ -232,10 +234,10 @@ class CheckEngine:
             yield None, first, {"expected": expected, "classes": classes if classes else "?"}
 
     def _check_learning_rate_zero(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
-        if s.learning_rates:
-            top = max(s.learning_rates)
-            if math.isfinite(top) and top <= self.th(c, "max_lr"):
-                yield None, top, {}
+        # Any param group: one group at LR 0 freezes its layers as surely as a model-wide LR of 0.
+        lows = [lr for lr in s.learning_rates if math.isfinite(lr) and lr <= self.th(c, "max_lr")]
+        if lows:
+            yield None, min(lows), {}
 
     def _check_parameters_without_gradient(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         for l in s.layers:
@@ -243,7 +245,13 @@ class CheckEngine:
                 yield l.module, float(l.params_without_grad), {}
 
     def _check_weights_not_updating(self, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
+        lr = max((x for x in s.learning_rates if math.isfinite(x)), default=None)
         for l in s.layers:
+            # A step of lr * gradient below fp32's resolution of the weights rounds to no change at all: that is
+            # a vanishing gradient (or an LR near 0), not a layer left out of the optimizer.
+            if l.in_optimizer and lr is not None and l.weight_norm and l.grad_norm is not None \
+                    and lr * l.grad_norm / l.weight_norm < FP32_RESOLUTION:
+                continue
             if l.grad_norm and math.isfinite(l.grad_norm) and l.update_norm is not None and l.update_norm <= self.th(c, "max_update"):
                 hint = "" if l.in_optimizer else " (its parameters are not in the optimizer)"
                 yield l.module, 0.0, {"grad": l.grad_norm, "hint": hint}

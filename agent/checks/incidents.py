@@ -1,0 +1,131 @@
+"""Incidents: the cause first, its consequences under it, one log line each, and every finding kept in history.
+
+The engine hands over, at each evaluation, the findings whose condition has held long enough and the ones that
+cleared. Here a finding whose cause (``EXPLAINED_BY`` in the catalogue) holds is not logged on its own: it
+waits while the cause is still building up, and is listed under the cause once the cause fires (as the shipped
+Alertmanager inhibit rules do for the job's alerts). A finding that clears and comes back within the re-log
+window is re-activated silently, so a flapping condition cannot flood the log or the webhook.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING, Mapping
+
+from .catalogue import EXPLAINED_BY
+from .findings import Finding, FindingRecord
+
+if TYPE_CHECKING:
+    from .delivery import Notifier
+
+Key = tuple[str, "str | None"]
+
+
+class Incidents:
+    """Active findings (the causes), their consequences, and the record of every finding ever raised."""
+
+    def __init__(self, notifier: "Notifier | None", relog_steps: int) -> None:
+        self.notifier = notifier
+        self.relog_steps = relog_steps
+        """A finding that clears and fires again within this many steps of its last log line is not logged again."""
+        self.active: dict[Key, Finding] = {}
+        self.consequences: dict[Key, Key] = {}  # consequence -> the active cause that explains it
+        self.records: dict[Key, FindingRecord] = {}
+        self.raised: Counter[tuple[str, str]] = Counter()
+        self._silent: set[Key] = set()  # re-activated without a log line: resolve without one too
+        self.lock = threading.Lock()
+
+    def update(self, ready: Mapping[Key, Finding], cleared: set[Key], holding: set[str], step: int) -> None:
+        """``ready``: findings whose condition held for their check's hold; ``cleared``: keys whose condition is
+        gone; ``holding``: checks whose condition holds now (fired or not), the candidate causes."""
+        fired: list[Finding] = []
+        resolved: list[Finding] = []
+        causes_now = holding | {k[0] for k in self.active}
+        for key, finding in ready.items():
+            record = self.records.get(key)
+            if record is not None:
+                record.seen(finding, step)
+            if key in self.active:
+                with self.lock:
+                    self.active[key] = finding  # keep the number current while it holds
+                continue
+            if key in self.consequences:
+                continue
+            explainers = [c for c in EXPLAINED_BY.get(key[0], ()) if c in causes_now]
+            if explainers:
+                cause = next((k for k in self.active if k[0] in explainers), None)
+                if cause is not None:  # listed under its cause, never logged on its own
+                    self.consequences[key] = cause
+                    self._record(key, finding, step, explained_by=cause).seen(finding, step)
+                    self.records[cause].add_consequence(key)
+                continue  # else the cause is still building up: wait for it
+            fired_record = self._record(key, finding, step)
+            silent = record is not None and record.last_logged is not None and step - record.last_logged < self.relog_steps
+            with self.lock:
+                self.active[key] = finding
+            fired_record.fire(finding, step, logged=not silent)
+            self.raised[(finding.check, finding.severity)] += 1
+            if silent:
+                self._silent.add(key)
+            else:
+                self._silent.discard(key)
+                fired.append(finding)
+            # Findings it explains that fired before it (their cause was not visible yet) move under it.
+            for other in [k for k in self.active if key[0] in EXPLAINED_BY.get(k[0], ())]:
+                with self.lock:
+                    self.active.pop(other)
+                self.consequences[other] = key
+                self.records[other].explained_by = key
+                fired_record.add_consequence(other)
+        for key in cleared:
+            self.consequences.pop(key, None)
+            with self.lock:
+                finding = self.active.pop(key, None)
+            if key in self.records:
+                self.records[key].resolve(step)
+            if finding is not None and key not in self._silent:
+                resolved.append(finding)
+            self._silent.discard(key)
+        for key in [k for k, cause in self.consequences.items() if cause not in self.active]:
+            del self.consequences[key]  # the cause resolved: a consequence still there is judged on its own
+        if self.notifier is not None:
+            for f in fired:
+                self.notifier.fired(f, self.consequence_text(f))
+            for f in resolved:
+                self.notifier.resolved(f, step)
+
+    def consequence_text(self, f: Finding) -> str:
+        record = self.records.get((f.check, f.module))
+        return record.consequence_text() if record is not None else ""
+
+    def _record(self, key: Key, finding: Finding, step: int, explained_by: Key | None = None) -> FindingRecord:
+        record = self.records.get(key)
+        if record is None:
+            record = self.records[key] = FindingRecord(check=finding.check, severity=finding.severity,
+                                                       module=finding.module, first_step=finding.step,
+                                                       last_step=step, message=finding.message)
+        record.explained_by = explained_by
+        return record
+
+    def history(self) -> list[FindingRecord]:
+        """Every finding raised so far (causes and consequences), in order of first step."""
+        return sorted((r.copy() for r in self.records.values()), key=lambda r: (r.first_step, r.check))
+
+    def summary(self, steps: int) -> str:
+        """One paragraph: what was found over ``steps`` steps, causes with their consequences."""
+        causes = [r for r in self.history() if r.explained_by is None]
+        if not causes:
+            return f"nnwatch: no findings in {steps} steps."
+        parts = []
+        for r in causes:
+            where = f" in {r.module}" if r.module else ""
+            until = f"resolved at step {r.resolved_step}" if r.resolved_step is not None else "still active"
+            extra = f"; explains {r.consequence_text()}" if r.consequences else ""
+            fires = f", fired {r.fired} times" if r.fired > 1 else ""
+            parts.append(f"{r.check} [{r.severity}]{where} from step {r.first_step} ({until}{fires}, "
+                         f"peak {r.peak:.3g}{extra})")
+        return f"nnwatch: {len(causes)} finding(s) in {steps} steps: " + "; ".join(parts) + "."
+
+
+__all__ = ["Incidents"]

@@ -26,12 +26,16 @@ def engine():
     return eng, rec
 
 
+def _nan_with_dead_units(eng, mon, samples):
+    for i in samples:
+        acts = dead_snap(i * 10, 0.9).activations
+        eng.evaluate(snap(i * 10, loss=float("nan"), loss_nonfinite=1, activations=acts), mon)
+
+
 def test_a_nan_explains_the_dead_units_it_causes():
     eng, rec = engine()
     mon = fake_monitor()
-    for i in range(6):
-        s = dead_snap(i * 10, 0.9)
-        eng.evaluate(snap(i * 10, loss=float("nan"), loss_nonfinite=1, activations=s.activations), mon)
+    _nan_with_dead_units(eng, mon, range(6))
     assert [e[1] for e in rec.events] == ["nonfinite_values"]  # one line for the incident
     assert [f.check for f in eng.active()] == ["nonfinite_values"]
     [cause, effect] = sorted(eng.incidents.history(), key=lambda r: r.check != "nonfinite_values")
@@ -44,9 +48,7 @@ def test_a_consequence_that_fired_first_moves_under_its_cause():
     for i in range(3):  # dead units alone: a finding of its own
         eng.evaluate(dead_snap(i * 10, 0.9), mon)
     assert [f.check for f in eng.active()] == ["dead_units"]
-    for i in range(3, 5):  # then the NaN that explains them
-        s = dead_snap(i * 10, 0.9)
-        eng.evaluate(snap(i * 10, loss=float("nan"), loss_nonfinite=1, activations=s.activations), mon)
+    _nan_with_dead_units(eng, mon, range(3, 5))  # then the NaN that explains them
     assert [f.check for f in eng.active()] == ["nonfinite_values"]
     assert "dead_units in act1" in rec.consequences
 
@@ -77,9 +79,7 @@ def test_a_borderline_value_does_not_flap():
 def test_summary_names_the_cause_and_its_consequences():
     eng, _ = engine()
     mon = fake_monitor()
-    for i in range(6):
-        s = dead_snap(i * 10, 0.9)
-        eng.evaluate(snap(i * 10, loss=float("nan"), loss_nonfinite=1, activations=s.activations), mon)
+    _nan_with_dead_units(eng, mon, range(6))
     text = eng.incidents.summary(60)
     assert text.startswith("nnwatch: 1 finding(s) in 60 steps: nonfinite_values [critical]")
     assert "explains dead_units in act1" in text

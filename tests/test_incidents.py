@@ -42,15 +42,25 @@ def test_a_nan_explains_the_dead_units_it_causes():
     assert cause.consequences == [("dead_units", "act1")] and effect.explained_by == ("nonfinite_values", None)
 
 
-def test_a_consequence_that_fired_first_moves_under_its_cause():
+def test_a_finding_older_than_the_nan_is_not_its_consequence():
     eng, rec = engine()
     mon = fake_monitor()
     for i in range(3):  # dead units alone: a finding of its own
         eng.evaluate(dead_snap(i * 10, 0.9), mon)
-    assert [f.check for f in eng.active()] == ["dead_units"]
-    _nan_with_dead_units(eng, mon, range(3, 5))  # then the NaN that explains them
-    assert [f.check for f in eng.active()] == ["nonfinite_values"]
-    assert "dead_units in act1" in rec.consequences
+    _nan_with_dead_units(eng, mon, range(3, 5))  # a later NaN cannot have caused them
+    assert [e[1] for e in rec.events] == ["dead_units", "nonfinite_values"]
+
+
+def test_a_consequence_waits_for_its_slower_cause_and_is_listed_in_its_line():
+    from tests.test_checks import layer
+
+    eng, rec = engine()
+    mon = fake_monitor()
+    huge = (layer("fc", grad=0.5, weight=1.0, update=0.5),)  # every update rewrites half the weights
+    for i in range(12):  # dead units (hold 3) are ready long before the update ratio (warm-up 3, hold 8)
+        eng.evaluate(snap(i * 10, layers=huge, activations=dead_snap(i * 10, 0.9).activations), mon)
+    assert [e[1] for e in rec.events] == ["update_ratio_out_of_range"]  # the cause, first and alone
+    assert rec.consequences == "dead_units in act1"
 
 
 def test_a_flapping_finding_logs_once_per_window_and_history_keeps_it():
@@ -132,7 +142,7 @@ def test_close_summarises_and_names_models_when_several(caplog):
         ma.close()
     text = [r.getMessage() for r in caplog.records]
     assert any("nnwatch (discriminator): watched 0 steps" in t for t in text), text
-    assert any(t.startswith("nnwatch: no findings in 3 steps") for t in text), text
+    assert any(t.startswith("nnwatch (generator): no findings in 3 steps") for t in text), text
 
 
 def test_info_lines_show_by_default_without_logging_config(tmp_path):

@@ -84,8 +84,7 @@ CHECKS: tuple[Check, ...] = (
         catches="gradient blow-up",
         signal="global gradient L2 norm against its own rolling median, and an absolute ceiling",
         summary="Gradient norm is far above its usual level.",
-        description="global gradient norm {value:.3g} is {factor:.0f}x its rolling median {median:.3g} "
-                    "(largest in {module}) since step {since}",
+        description="global gradient norm {value:.3g} is {why} (largest in {module}) since step {since}",
         advice="clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, check for a bad batch "
                "or a missing normalisation",
         thresholds={"median_factor": 20.0, "absolute": 1e4, "history": 20, "min_history": 5},
@@ -185,18 +184,19 @@ CHECKS: tuple[Check, ...] = (
                     "[{low:.0e}, {high:.0e}] since step {since}",
         advice="too high: lower the learning rate or warm it up; too low: raise it, check weight decay and "
                "the scheduler",
-        thresholds={"low": 1e-6, "high": 0.3}, hold=5, warmup=3, prometheus_for="15m",
+        thresholds={"low": 1e-6, "high": 0.1}, hold=8, warmup=3, prometheus_for="15m",
         seed="003, 002 (update/weight ratio around 1e-3)",
     ),
     _c(
         name="gradients_not_cleared", severity="warning", scope="model",
         catches="a forgotten optimizer.zero_grad()",
-        signal="gradient norm already present when the first backward after an optimizer step starts",
+        signal="gradient left over when the first backward after a sampled optimizer step starts, equal to the "
+               "gradient that step consumed",
         summary="Gradients are not cleared between optimizer steps.",
         description="gradients of norm {value:.3g} were left over when backward started, since step {since}",
         advice="call optimizer.zero_grad() once per optimizer step (accumulating over micro-batches between "
                "steps is fine)",
-        thresholds={"min_norm": 0.0}, hold=2, prometheus_for="5m", seed="000 (forgetting zero_grad)",
+        thresholds={"min_norm": 0.0, "match": 1e-3}, hold=2, prometheus_for="5m", seed="000 (forgetting zero_grad)",
     ),
     _c(
         name="eval_in_train_mode", severity="warning", scope="model",
@@ -214,11 +214,36 @@ CHECKS: tuple[Check, ...] = (
         catches="validation loss rising while the training loss falls",
         signal="logged val_loss against the training loss",
         summary="Validation loss rises while training loss falls.",
-        description="validation loss rose {rises} times in a row to {value:.4g} while training loss fell to "
-                    "{train:.4g}, since step {since}",
+        description="validation loss {value:.4g} stayed above its best {best:.4g} (step {best_step}) for {rises} "
+                    "evaluations while the training loss fell from {train_then:.4g} to {train:.4g}, since step {since}",
         advice="add regularisation or data augmentation, get more data, or stop early (keep the best "
                "checkpoint)",
-        thresholds={"rises": 3}, hold=1, prometheus_for="0m", seed="002 (regularise)",
+        thresholds={"rises": 3, "min_rise": 0.05}, hold=1, prometheus_for="0m", seed="002 (regularise)",
+    ),
+    _c(
+        name="loss_spike", severity="warning", scope="model",
+        catches="a sudden jump of the training loss (an LR peak too high, a bad batch, numerical trouble ahead)",
+        signal="mean training loss of a sample against the median and spread of the previous samples",
+        summary="The training loss jumped far above its recent level.",
+        description="mean loss {value:.4g} is {why}, since step {since}",
+        advice="look at the batches of that step, lower the peak learning rate or lengthen the warm-up, clip "
+               "gradients",
+        thresholds={"factor": 3.0, "mads": 10.0, "history": 20, "min_history": 5}, hold=1, warmup=3,
+        prometheus_for="0m", seed="003 (watch the loss curve: spikes come before divergence)",
+    ),
+    _c(
+        name="divergence", severity="warning", scope="model",
+        catches="training running away before it turns into NaN (a learning rate, warm-up peak or momentum far "
+                "too high)",
+        signal="global weight norm rising at every sample while the loss climbs away from its best",
+        summary="Training is diverging: the weights grow fast while the loss rises.",
+        description="global weight norm grew {growth:.1f}x over the last {window} samples to {value:.3g} while the "
+                    "mean loss rose from its best {best:.4g} to {loss:.4g}, since step {since}",
+        advice="lower the learning rate (or its warm-up peak) or the momentum, clip gradients, check the data "
+               "for outliers",
+        thresholds={"growth": 1.5, "window": 3, "min_step_growth": 0.0, "loss_rise": 1.5}, hold=1, warmup=2,
+        prometheus_for="0m",
+        seed="003 (a learning rate too high makes the loss explode)",
     ),
     _c(
         name="constant_init", severity="warning", scope="module",
@@ -259,12 +284,24 @@ _EXPLAINS: dict[str, tuple[str, ...]] = {
     # A NaN/Inf poisons everything computed after it: units look dead or saturated, norms and the loss are junk.
     "nonfinite_values": ("exploding_gradients", "vanishing_gradients", "dead_units", "saturated_activations",
                          "loss_not_decreasing", "weights_not_updating", "update_ratio_out_of_range",
-                         "gradients_not_cleared", "overfitting"),
+                         "gradients_not_cleared", "overfitting", "loss_spike", "divergence"),
     # Gradients that pile up step after step act like an ever larger learning rate: units die, the loss stalls.
     "gradients_not_cleared": ("dead_units", "saturated_activations", "loss_not_decreasing", "exploding_gradients",
-                              "update_ratio_out_of_range"),
+                              "update_ratio_out_of_range", "loss_spike", "divergence"),
+    # A run leaving its basin: gradients and loss jump, units die or saturate, clipped gradients look tiny
+    # next to the grown weights (never advise a higher learning rate then).
+    "divergence": ("exploding_gradients", "loss_spike", "loss_not_decreasing", "vanishing_gradients", "dead_units",
+                   "saturated_activations", "update_ratio_out_of_range", "overfitting"),
+    # Gradients far above their usual size make updates far above theirs; a sudden jump of the gradient can
+    # start a runaway (which of the two started first is the cause).
+    "exploding_gradients": ("loss_spike", "update_ratio_out_of_range", "divergence", "dead_units",
+                            "saturated_activations"),
+    # Updates that rewrite the weights each step (only when too large) kill and saturate units.
+    "update_ratio_out_of_range": ("dead_units", "saturated_activations", "loss_not_decreasing", "loss_spike"),
     # No learning rate, no update: weights stand still and the loss stays flat.
     "learning_rate_zero": ("weights_not_updating", "loss_not_decreasing", "update_ratio_out_of_range"),
+    # Units that never fire pass no gradient back: the layers before them starve.
+    "dead_units": ("vanishing_gradients", "weights_not_updating", "loss_not_decreasing"),
     # A gradient too small to move fp32 weights looks like a layer that is not updated.
     "vanishing_gradients": ("weights_not_updating", "loss_not_decreasing"),
 }
@@ -274,6 +311,18 @@ EXPLAINED_BY: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 """Check -> the checks that explain it, most basic first. While a cause holds, its consequences are listed
 under it instead of being logged with their own advice (the in-process twin of Alertmanager inhibition)."""
+_RANK = {cause: i for i, cause in enumerate(_EXPLAINS)}
+
+
+def explains(cause: str, effect: str, cause_since: int, effect_since: int) -> bool:
+    """Whether ``cause`` (holding since step ``cause_since``) explains ``effect`` (since ``effect_since``): a
+    cause explains what started with it or after it, never what was there before; when each can explain the
+    other and both started at the same step, the more basic one (earlier in the table) is the cause."""
+    if effect not in _EXPLAINS.get(cause, ()) or cause_since > effect_since:
+        return False
+    if cause_since == effect_since and cause in _EXPLAINS.get(effect, ()):
+        return _RANK[cause] < _RANK[effect]
+    return True
 
 THRESHOLD_DOCS: Mapping[str, str] = MappingProxyType({
     "nonfinite_values.min_count": "non-finite elements that fire the check",
@@ -297,9 +346,19 @@ THRESHOLD_DOCS: Mapping[str, str] = MappingProxyType({
     "update_ratio_out_of_range.low": "global update/weight ratio below which updates are too small",
     "update_ratio_out_of_range.high": "global update/weight ratio above which updates are too large",
     "gradients_not_cleared.min_norm": "left-over gradient norm above which gradients were not cleared",
+    "gradients_not_cleared.match": "relative difference within which the left-over gradient equals the one the last step consumed",
     "eval_in_train_mode.min_forwards": "no-grad forwards in train mode that fire the check",
     "eval_in_train_mode.quiet_samples": "samples without such forwards before the finding resolves",
-    "overfitting.rises": "consecutive validation-loss rises that fire the check",
+    "overfitting.rises": "validation evaluations after the best one that must all stay above it",
+    "overfitting.min_rise": "relative margin above the best validation loss that counts as above it",
+    "loss_spike.factor": "fire when the sample's mean loss exceeds this multiple of the recent median",
+    "loss_spike.mads": "and exceeds the median by this many (scaled) median absolute deviations",
+    "loss_spike.history": "samples in the rolling median",
+    "loss_spike.min_history": "samples needed before the check applies",
+    "divergence.growth": "growth of the global weight norm over the window that counts as running away",
+    "divergence.window": "samples over which the weight norm must rise at every sample",
+    "divergence.min_step_growth": "relative growth of the weight norm at each of those samples (a runaway, not one jump)",
+    "divergence.loss_rise": "the loss must be at least this multiple of its best so far",
     "memory_leak.samples": "samples in the regression window",
     "memory_leak.min_growth_bytes": "growth over the window that counts as a leak",
     "memory_leak.rising_fraction": "share of sample-to-sample differences that must be positive",
@@ -321,4 +380,4 @@ def validate_catalogue() -> None:
             assert f"{c.name}.{t}" in THRESHOLD_DOCS, f"{c.name}.{t} undocumented"
 
 
-__all__ = ["Check", "CHECKS", "BY_NAME", "EXPLAINED_BY", "THRESHOLD_DOCS", "alert_name", "validate_catalogue", "SEVERITIES"]
+__all__ = ["Check", "CHECKS", "BY_NAME", "EXPLAINED_BY", "explains", "THRESHOLD_DOCS", "alert_name", "validate_catalogue", "SEVERITIES"]

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .findings import Finding
 
@@ -25,12 +25,17 @@ _LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING, "info": logging
 _ICON = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
 
 
-def finding_line(f: Finding, consequences: str = "", model: str | None = None) -> str:
+def finding_line(f: Finding, consequences: str = "", model: str | None = None, also: Sequence[str] = ()) -> str:
     """The one log line of an incident: severity, check, the message (what, where, since when, what to try), the
     consequences it explains (not reported separately), and the model's name when a process watches several."""
-    also = f" It also explains: {consequences} (not reported separately)." if consequences else ""
     who = f" ({model})" if model else ""
-    return f"nnwatch{who} [{f.severity}] {f.check}: {_one_line(f.message)}{also} Runbook: {f.runbook_url}"
+    return f"nnwatch{who} [{f.severity}] {f.check}: {_one_line(f.message)}{_extra(consequences, also)} Runbook: {f.runbook_url}"
+
+
+def _extra(consequences: str, also: Sequence[str]) -> str:
+    """The other layers and the consequences of an incident, as one sentence each."""
+    where = f" The same in {', '.join(_one_line(m) for m in also)}." if also else ""
+    return where + (f" It also explains: {consequences} (not reported separately)." if consequences else "")
 
 
 def _one_line(text: str) -> str:
@@ -68,12 +73,13 @@ class Notifier:
         self.dropped = 0
         self._webhook = _Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self) if webhook_url else None
 
-    def fired(self, f: Finding, consequences: str = "") -> None:
-        """A finding started to hold; ``consequences`` lists the findings it explains (logged in the same line)."""
+    def fired(self, f: Finding, consequences: str = "", also: Sequence[str] = ()) -> None:
+        """A finding started to hold; ``consequences`` lists the findings it explains and ``also`` the other
+        modules where the same check started to hold at the same step (all in the same line)."""
         if self.log_findings:
-            log.log(_LEVEL.get(f.severity, logging.WARNING), finding_line(f, consequences, self.model()))
+            log.log(_LEVEL.get(f.severity, logging.WARNING), finding_line(f, consequences, self.model(), also))
         if self._webhook is not None:
-            self._webhook.put(self._slack(f, resolved_at=None))
+            self._webhook.put(self._slack(f, resolved_at=None, extra=_extra(consequences, also)))
 
     def resolved(self, f: Finding, step: int) -> None:
         """A finding stopped holding at ``step``."""
@@ -82,17 +88,17 @@ class Notifier:
         if self._webhook is not None:
             self._webhook.put(self._slack(f, resolved_at=step))
 
-    def _slack(self, f: Finding, resolved_at: int | None) -> dict[str, Any]:
+    def _slack(self, f: Finding, resolved_at: int | None, extra: str = "") -> dict[str, Any]:
         where = f" in `{f.module}`" if f.module else ""
         job = f" ({self.job})" if self.job else ""
         if resolved_at is None:
             head = f"{_ICON.get(f.severity, '')} *[{f.severity.upper()}] {f.check}*{where}{job}"
-            body = f"{f.message}\n<{f.runbook_url}|Runbook>"
+            body = f"{f.message}{extra}\n<{f.runbook_url}|Runbook>"
         else:
             head = f":white_check_mark: *[RESOLVED] {f.check}*{where}{job}"
             body = f"held from step {f.step} to step {resolved_at}"
         return {
-            "text": f"{head}: {f.message if resolved_at is None else body}",
+            "text": f"{head}: {f.message + extra if resolved_at is None else body}",
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": f"{head}\n{body}"}}],
             "nnwatch": {"check": f.check, "severity": f.severity, "module": f.module, "step": f.step,
                         "status": "firing" if resolved_at is None else "resolved", "value": f.value},

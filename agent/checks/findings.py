@@ -23,6 +23,8 @@ class Finding:
     message: str
     value: float | None = None
     runbook_url: str = ""
+    explains: bool = True
+    """Whether it can explain other findings (an update ratio that is too small explains no dead units)."""
 
 
 @dataclass
@@ -51,10 +53,13 @@ class FindingRecord:
     explained_by: tuple[str, str | None] | None = None
     """(check, module) of the cause it was listed under, or None for a cause."""
     consequences: list[tuple[str, str | None]] = field(default_factory=list)
+    explains: bool = True
+    """Whether, as last seen, it can explain other findings."""
 
     def seen(self, f: Finding, step: int) -> None:
         self.last_step = step
         self.message = f.message
+        self.explains = f.explains
         self.resolved_step = None
         if f.value is not None and math.isfinite(f.value):
             self.peak = max(self.peak, abs(f.value))

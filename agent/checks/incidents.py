@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Mapping
 
-from .catalogue import EXPLAINED_BY
+from .catalogue import explains
 from .findings import Finding, FindingRecord
 
 if TYPE_CHECKING:
@@ -36,12 +36,14 @@ class Incidents:
         self._silent: set[Key] = set()  # re-activated without a log line: resolve without one too
         self.lock = threading.Lock()
 
-    def update(self, ready: Mapping[Key, Finding], cleared: set[Key], holding: set[str], step: int) -> None:
+    def update(self, ready: Mapping[Key, Finding], cleared: set[Key], holding: Mapping[str, int], step: int) -> None:
         """``ready``: findings whose condition held for their check's hold; ``cleared``: keys whose condition is
-        gone; ``holding``: checks whose condition holds now (fired or not), the candidate causes."""
+        gone; ``holding``: checks whose condition holds now (fired or not) as a cause, with the step since which
+        they hold: the candidate causes."""
         fired: list[Finding] = []
         resolved: list[Finding] = []
-        causes_now = holding | {k[0] for k in self.active}
+        waiting: list[tuple[Key, Finding]] = []
+        recent = self._recent_causes(step)
         for key, finding in ready.items():
             record = self.records.get(key)
             if record is not None:
@@ -52,14 +54,11 @@ class Incidents:
                 continue
             if key in self.consequences:
                 continue
-            explainers = [c for c in EXPLAINED_BY.get(key[0], ()) if c in causes_now]
-            if explainers:
-                cause = next((k for k in self.active if k[0] in explainers), None)
-                if cause is not None:  # listed under its cause, never logged on its own
-                    self.consequences[key] = cause
-                    self._record(key, finding, step, explained_by=cause).seen(finding, step)
-                    self.records[cause].add_consequence(key)
-                continue  # else the cause is still building up: wait for it
+            if self._attach(key, finding, step, recent, holding):
+                continue
+            if any(explains(c, key[0], since, finding.step) for c, since in holding.items()):
+                waiting.append((key, finding))  # its cause is still building up: wait for it
+                continue
             fired_record = self._record(key, finding, step)
             silent = record is not None and record.last_logged is not None and step - record.last_logged < self.relog_steps
             with self.lock:
@@ -72,12 +71,17 @@ class Incidents:
                 self._silent.discard(key)
                 fired.append(finding)
             # Findings it explains that fired before it (their cause was not visible yet) move under it.
-            for other in [k for k in self.active if key[0] in EXPLAINED_BY.get(k[0], ())]:
+            for other in [k for k in self.active
+                          if explains(key[0], k[0], finding.step, self.records[k].first_step)]:
                 with self.lock:
                     self.active.pop(other)
                 self.consequences[other] = key
                 self.records[other].explained_by = key
                 fired_record.add_consequence(other)
+        if waiting:  # a cause that fired just now lists what waited for it in its own line
+            recent = self._recent_causes(step)
+            for key, finding in waiting:
+                self._attach(key, finding, step, recent, holding)
         for key in cleared:
             self.consequences.pop(key, None)
             with self.lock:
@@ -87,13 +91,48 @@ class Incidents:
             if finding is not None and key not in self._silent:
                 resolved.append(finding)
             self._silent.discard(key)
-        for key in [k for k, cause in self.consequences.items() if cause not in self.active]:
-            del self.consequences[key]  # the cause resolved: a consequence still there is judged on its own
         if self.notifier is not None:
-            for f in fired:
-                self.notifier.fired(f, self.consequence_text(f))
+            by_check: dict[str, list[Finding]] = {}
+            for f in fired:  # one line per check and evaluation, however many layers it names
+                by_check.setdefault(f.check, []).append(f)
+            for same in by_check.values():
+                self.notifier.fired(same[0], self.consequence_text(same[0]), also=[f.module or "" for f in same[1:]])
+                for f in same[1:]:
+                    self.records[(f.check, f.module)].logged -= 1  # named in the first one's line
             for f in resolved:
                 self.notifier.resolved(f, step)
+
+    def _attach(self, key: Key, finding: Finding, step: int, recent: list[Key], holding: Mapping[str, int]) -> bool:
+        """List ``finding`` under the root of a recent cause that explains it; False when none does. A cause
+        counts from the first step its condition held, warm-up included (``holding``)."""
+        def since(k: Key) -> int:
+            return min(self.records[k].first_step, holding.get(k[0], self.records[k].first_step))
+
+        cause = next((k for k in recent if explains(k[0], key[0], since(k), finding.step)), None)
+        if cause is None:
+            return False
+        cause = self._root(cause)
+        self.consequences[key] = cause
+        self._record(key, finding, step, explained_by=cause).seen(finding, step)
+        self.records[cause].add_consequence(key)
+        return True
+
+    def _recent_causes(self, step: int) -> list[Key]:
+        """Findings that can explain new ones: active causes, their active consequences (a chain: dead units
+        after a divergence starve earlier layers of gradient), and causes resolved within the re-log window (the
+        damage of a NaN or a divergence outlives it); active ones first, then the most recent."""
+        live = set(self.active) | set(self.consequences)
+        recent = [(k, r) for k, r in self.records.items() if r.explains and (k in live or (
+            r.explained_by is None and r.fired and r.resolved_step is not None
+            and step - r.resolved_step <= self.relog_steps))]
+        return [k for k, r in sorted(recent, key=lambda kr: (kr[0] not in live, -kr[1].last_step))]
+
+    def _root(self, key: Key) -> Key:
+        seen = {key}
+        while key in self.consequences and self.consequences[key] not in seen:
+            key = self.consequences[key]
+            seen.add(key)
+        return key
 
     def consequence_text(self, f: Finding) -> str:
         record = self.records.get((f.check, f.module))

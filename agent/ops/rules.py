@@ -1,14 +1,10 @@
 """Prometheus alerting and recording rules, generated from the check catalogue (agent.checks.catalogue).
 
-Every catalogue check becomes an alert ``check.alert`` (``dead_units`` -> ``NNWatchDeadUnits``) with
-``for: check.prometheus_for``, a ``severity`` label, a static ``summary``, a templated ``description``,
-the current ``value`` and ``runbook_url``. Fleet alerts that only Prometheus can evaluate (a target that
-is down, ranks whose weights differ, a straggler rank, a throughput drop, GPU memory near capacity) come
-after them. Everything a team may want to change lives in one place, :class:`RulesConfig`; values may be
-strings, inserted verbatim, so a Helm chart can pass ``{{ .Values... }}`` template expressions.
-
-``nnwatch generate`` writes ``alerts/nnwatch.rules.yml`` (committed; a test regenerates and compares).
-``nnwatch rules`` prints the rules for another selector or other thresholds.
+Every catalogue check becomes an alert (``dead_units`` -> ``NNWatchDeadUnits``) with its ``for``, ``severity``,
+a static ``summary``, a templated ``description``, the ``value`` and a ``runbook_url``; fleet alerts only
+Prometheus can evaluate (target down, rank desync, straggler, throughput drop, GPU memory) follow. What a team
+may change lives in :class:`RulesConfig`; values may be strings inserted verbatim (Helm ``{{ .Values }}``).
+``nnwatch generate`` writes the committed ``alerts/nnwatch.rules.yml``; ``nnwatch rules`` prints variants.
 """
 
 from __future__ import annotations
@@ -232,11 +228,11 @@ def _catalogue_rules() -> list[Rule]:
                        f"[{c.param('update_ratio_out_of_range.low')}, {c.param('update_ratio_out_of_range.high')}] "
                        "(healthy is around 1e-3).",
              "raw: nnwatch_global_update_ratio; a learning rate of 0 is left to NNWatchLearningRateZero."),
-        rule("gradients_not_cleared",
-             lambda c: (f"{c.m('nnwatch_uncleared_gradient_norm')} > {c.param('gradients_not_cleared.min_norm')}\nor\n"
-                        f"{c.m('nnwatch_uncleared_gradient_norm')} != {c.m('nnwatch_uncleared_gradient_norm')}"),
+        rule("gradients_not_cleared", _finding("gradients_not_cleared", "nnwatch_uncleared_gradient_norm"),
              lambda c: f"gradients of norm {NUM} were left over when backward started in {WHERE}.",
-             "raw: nnwatch_uncleared_gradient_norm (NaN counts too: x != x)."),
+             "agent finding: the left-over gradient must equal the one the previous sampled step consumed (a GAN's "
+             "legitimate left-overs differ), which needs both at one step; the value shown is "
+             "nnwatch_uncleared_gradient_norm."),
         rule("eval_in_train_mode",
              lambda c: (f"increase({c.m('nnwatch_eval_in_train_mode_forwards_total')}[{c.param('eval_in_train_mode.window')}]) "
                         f">= {c.param('eval_in_train_mode.min_forwards')}"),
@@ -245,10 +241,19 @@ def _catalogue_rules() -> list[Rule]:
              "raw: increase of nnwatch_eval_in_train_mode_forwards_total over a time window (the agent's "
              "quiet_samples becomes the window).", value=COUNT),
         rule("overfitting", _finding("overfitting", "nnwatch_validation_loss"),
-             lambda c: f"the validation loss of {WHERE} rose several times in a row to {NUM} while "
-                       "the training loss fell.",
-             "agent finding: consecutive rises of logged validation losses against the training loss at the same "
-             "steps need the history of both; the value shown is nnwatch_validation_loss."),
+             lambda c: f"the validation loss of {WHERE} stayed above its best for several evaluations, now {NUM}, "
+                       "while the training loss fell.",
+             "agent finding: validation losses after their best against the training loss at the same steps need "
+             "the history of both; the value shown is nnwatch_validation_loss."),
+        rule("loss_spike", _finding("loss_spike", "nnwatch_loss"),
+             lambda c: f"the training loss of {WHERE} jumped to {NUM}, far above its recent median.",
+             "agent finding: the sample's mean loss against the median and spread of the previous samples; the "
+             "value shown is nnwatch_loss."),
+        rule("divergence", _finding("divergence", "nnwatch_global_weight_norm"),
+             lambda c: f"the weights of {WHERE} grow fast (global weight norm {NUM}) while the loss climbs away "
+                       "from its best: training is diverging.",
+             "agent finding: the global weight norm rising at every sample while the loss rises from its best; "
+             "the value shown is nnwatch_global_weight_norm."),
         rule("constant_init",
              lambda c: f"{c.m('nnwatch_constant_weights')} == 1",
              lambda c: f"{LAYER} was initialised with a constant weight (zero spread).",

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .checks.catalogue import BY_NAME
+
 DEFAULT_PORT = 9945
 """Default /metrics port (plus LOCAL_RANK in distributed jobs)."""
 
@@ -67,6 +69,9 @@ class Options:
     """The model's name in log lines when a process watches several models (default: its class name)."""
     checks: bool = True
     """Run the in-process check engine on each sampled step."""
+    skip_checks: str = ""
+    """Comma-separated checks not to run in-process, e.g. "loss_not_decreasing" for a GAN, whose losses are a
+    game rather than a descent."""
     thresholds: dict[str, float] | None = None
     """Overrides of catalogue thresholds, e.g. {"dead_units.ratio": 0.3}; env: "dead_units.ratio=0.3,...".
     """
@@ -83,6 +88,11 @@ class Options:
     ``push_interval`` seconds, for jobs too short to be scraped. Unreachable: one log line, training goes on."""
     push_interval: float | None = None
     """Seconds between pushes to the Pushgateway while training (None: push only on close())."""
+
+    @property
+    def skipped_checks(self) -> frozenset[str]:
+        """The checks named in ``skip_checks``."""
+        return frozenset(c.strip() for c in str(self.skip_checks or "").split(",") if c.strip())
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> "Options":
@@ -136,8 +146,6 @@ class Options:
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{name} file not found: {path!r}")
         if self.thresholds is not None:
-            from .checks.catalogue import BY_NAME
-
             if not isinstance(self.thresholds, dict):
                 raise TypeError("thresholds must be a dict like {'dead_units.ratio': 0.3}")
             for key, value in self.thresholds.items():
@@ -148,6 +156,9 @@ class Options:
                 if not _finite_number(value):
                     raise ValueError(f"threshold {key!r} must be a finite number, got {value!r}")
         parse_ranks(self.per_module_ranks)
+        unknown = [c for c in self.skipped_checks if c not in BY_NAME]
+        if unknown:
+            raise ValueError(f"skip_checks names unknown check(s) {', '.join(unknown)}; valid: {', '.join(BY_NAME)}")
         if self.pushgateway_url is not None and not str(self.pushgateway_url).startswith(("http://", "https://")):
             raise ValueError("pushgateway_url must be an http(s):// URL of a Pushgateway, e.g. http://pushgateway:9091")
         if self.push_interval is not None and (not _finite_number(self.push_interval) or self.push_interval <= 0):

@@ -32,6 +32,8 @@ from .collect.steps import StepClock, batch_size
 from .collect.sample import take_sample
 from .config import Options
 from .console import show_agent_logs
+from .notices import (BLIND_SPOT_STEPS, LIVE, log_summary, name_when_several, say_what_is_not_watched,
+                      unique_name)
 from .guard import Guard
 from .snapshot import Snapshot
 
@@ -80,6 +82,7 @@ class Monitor:
         self.forward_cost = ForwardCost()
         """Estimates the probe's cost inside sampled forwards that no agent timer sees (charged as agent time)."""
         self._sampled = True
+        self._uncleared_due = False
         self.sampled_steps = 0
         self.overhead_ratio: float | None = None
         self._overhead_mark = (0.0, 0.0)
@@ -94,8 +97,9 @@ class Monitor:
 
         if options.console_log:
             show_agent_logs()
-        self.name = options.name or type(model).__name__
-        _LIVE.add(self)
+        self.several = bool(LIVE)  # other models watched in this process: lines name this one
+        self.name = unique_name(options.name or type(model).__name__)
+        LIVE.add(self)
         self.engine = _check_engine(self, options)
         self._install_hooks(hook_target, optimizer)
         self.constant_weights: tuple[str, ...] = self.guard.call("constant_init", self.params.constant_layers) or ()
@@ -201,7 +205,7 @@ class Monitor:
             if part is not None:
                 part.close()
         self._finalizer.detach()
-        _log_summary(self)
+        log_summary(self)
         self.params.clear()
         self.logged.clear_pending()
         self._train_sensitive = []
@@ -213,8 +217,7 @@ class Monitor:
         self.close()
 
     def __repr__(self) -> str:
-        status = "closed" if self._closed else f"step={self.steps.step_index}"
-        return f"<nnwatch.Monitor {status} url={self.url}>"
+        return f"<nnwatch.Monitor {'closed' if self._closed else f'step={self.steps.step_index}'} url={self.url}>"
 
     # -- hooks -----------------------------------------------------------------------------------
     def _install_hooks(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
@@ -234,6 +237,7 @@ class Monitor:
         try:
             if torch.is_grad_enabled():
                 training = True
+                self.steps.forwards += 1
                 batch = batch_size(args, kwargs)
                 if batch:
                     self.steps.samples_this_step += batch
@@ -271,7 +275,7 @@ class Monitor:
                 self.probe.end()
             if self.steps.first_forward_pending and torch.is_grad_enabled():
                 self.steps.first_forward_pending = False
-                if self._sampled:
+                if self._uncleared_due:  # the step after a sampled one: is its consumed gradient still there?
                     out = _first_grad_tensor(output)
                     if out is not None:
                         out.register_hook(self._on_backward_start)
@@ -287,6 +291,8 @@ class Monitor:
         return None
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.params.leftover_refs:  # a left-over gradient was measured this step: is it still what steps?
+            self.guard.call("uncleared_gradients", self.params.check_leftover_consumed)
         if self._sampled:
             t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
             # With a closure (LBFGS, Lightning) backward runs inside step(): read gradients after it.
@@ -316,8 +322,7 @@ class Monitor:
             self.guard.leave(self._clock() - t0)
 
     def _on_amp_skip(self, optimizer: Any) -> None:
-        """A GradScaler skipped ``optimizer``'s step (agent.collect.amp): it still ends a step, so that a run of
-        skips is sampled and checked. Without an attached optimizer, boundaries come from step()."""
+        """A GradScaler skipped ``optimizer``'s step: it still ends a step (a run of skips gets sampled)."""
         if self._opt_ref is None or optimizer is not self._opt_ref():
             return
         self._end_step(capture_gradients=self._sampled)
@@ -334,11 +339,16 @@ class Monitor:
                 self.probe.reset_step()
                 self.params.reset_step()
         self.steps.advance()
+        if self.steps.steps_in_process == BLIND_SPOT_STEPS:
+            say_what_is_not_watched(self)
+        self._uncleared_due = self._sampled
         step = self.steps.step_index
         self._sampled = self.schedule.next_sampled(step, self.guard.seconds, self.steps.step_seconds_total)
         # Weight fingerprints are compared across ranks: sample the grid step on every rank, whatever the
         # (possibly adaptive, per-rank) schedule says.
         self._sampled = self._sampled or step % self.options.fingerprint_every == 0
+        # A non-finite loss since the last sample: sample the next step instead of waiting for the schedule.
+        self._sampled = self._sampled or self.logged.tripwire.due(step, self.options.sample_every)
         if self._sampled and opt is None and self.options.update_ratios:
             # Without an optimizer the update is measured between two step() calls.
             self.guard.call("update_ratio", self.params.copy_weights, None)
@@ -368,7 +378,7 @@ def _check_engine(monitor: Monitor, options: Options) -> CheckEngine | None:
         return None
     notifier = Notifier(log_findings=options.log_findings, webhook_url=options.webhook_url,
                         job=options.job or _script_name())
-    notifier.model = _name_when_several(weakref.ref(monitor))
+    notifier.model = name_when_several(weakref.ref(monitor))
     return CheckEngine(options, notifier=notifier)
 
 
@@ -384,29 +394,6 @@ def _exporters(monitor: Monitor, options: Options, registry: Any) -> tuple[Any, 
 
         pusher = Pusher(monitor, options)
     return exporter, pusher
-
-
-def _log_summary(monitor: Monitor) -> None:
-    """One paragraph at close: what was found, or that nothing was watched."""
-    who = f" ({monitor.name})" if len(_LIVE) > 1 else ""
-    _LIVE.discard(monitor)
-    if not monitor.steps.steps_in_process:
-        log.warning("nnwatch%s: watched 0 steps: attach the optimizer (agent.attach(model, optimizer)) or call "
-                    "monitor.step() after each update", who)
-    elif monitor.engine is not None:
-        summary = monitor.engine.incidents.summary(monitor.steps.steps_in_process)
-        log.info(summary.replace("nnwatch:", f"nnwatch{who}:", 1))
-
-
-_LIVE: "weakref.WeakSet[Monitor]" = weakref.WeakSet()
-"""Open monitors of this process: log lines name the model when there are several."""
-
-
-def _name_when_several(ref: "weakref.ref[Monitor]") -> Callable[[], str | None]:
-    def name() -> str | None:
-        m = ref()
-        return m.name if m is not None and len(_LIVE) > 1 else None
-    return name
 
 
 def _script_name() -> str | None:

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # lowest first: a module imports 
     ("base", ("agent.config", "agent.guard", "agent.console")),  # options, the error guard, default log output
     ("collect", ("agent.collect",)),  # hooks' device statistics, the one transfer, step bookkeeping
     ("consume", ("agent.checks", "agent.export")),  # read snapshots: findings; Prometheus
-    ("monitor", ("agent.monitor", "agent.state")),  # owns the hooks and the step loop
+    ("monitor", ("agent.monitor", "agent.state", "agent.notices")),  # owns the hooks and the step loop
     ("api", ("agent",)),  # attach() and the public names
     ("ops", ("agent.ops",)),  # generators from the catalogue, apart from the runtime
     ("entry", ("agent.cli", "agent.demo", "agent.integrations")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import weakref
 
@@ -599,4 +600,39 @@ def test_cuda_memory_and_statistics():
     assert snap.memory.cuda_allocated["0"] > 0
     assert snap.grad_norm is not None and math.isfinite(snap.grad_norm)
     assert {a.key for a in snap.activations} == {"(root):relu", "(root):tanh"}
+    mon.close()
+
+
+def test_says_when_the_attached_model_never_runs_forward(caplog):
+    inner = SmallMLP()
+
+    class Wrapper(torch.nn.Module):  # a LightningModule-like wrapper whose training step calls self.net(x)
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = inner
+
+    wrapper = Wrapper()
+    opt = torch.optim.SGD(wrapper.parameters(), lr=0.01)
+    with caplog.at_level(logging.INFO, logger="nnwatch"):
+        mon = agent.attach(wrapper, opt, port=None)
+        train(inner, opt, 25, monitor=mon)
+        mon.close()
+    lines = [r.getMessage() for r in caplog.records if "no training forward" in r.getMessage()]
+    assert len(lines) == 1 and "agent.attach(self.net)" in lines[0]
+
+
+def test_a_nan_loss_is_sampled_on_the_next_step_whatever_the_interval():
+    torch.manual_seed(0)
+    model = SmallMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = agent.attach(model, opt, port=None, sample_every=40)
+    for step in range(100):
+        opt.zero_grad()
+        loss = model(torch.randn(8, 16)).square().mean()
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss * math.nan if step >= 53 else loss)
+    [record] = [r for r in mon.history if r.check == "nonfinite_values"]
+    assert 53 <= record.first_step <= 56  # sampled at once (log() comes after the step), not at step 80
+    assert mon.sampled_steps <= 3 + 2  # steps 0, 40, 80 and one or two early samples, not every NaN step
     mon.close()

@@ -16,6 +16,9 @@ import statistics
 from collections import deque
 
 
+DECIDE_EVERY_STEPS = 100
+"""The budget's sampling level changes only at multiples of this many steps: the steps a seeded run samples
+(and so its findings) do not move with the machine's load between two decisions."""
 MAX_INTERVAL_STEPS = 50
 """The overhead budget never stretches the interval past this many steps (or ``sample_every`` when larger): no
 check waits longer than that for its next sample, whatever the model's step time."""
@@ -114,11 +117,17 @@ class SampleSchedule:
             if step_index > n0:
                 self.controller.update(agent_seconds - a0, step_seconds - s0, step_index - n0)
         self._mark = (agent_seconds, step_seconds, step_index)
+        if step_index % DECIDE_EVERY_STEPS == 0:  # the level changes only on a fixed grid of steps
+            self._level = self._next_level(self.controller.interval)
+        return step_index % self._level == 0
+
+    def _next_level(self, interval: int) -> int:
+        """The level for a wanted ``interval``: up to the largest level within it, down only once the wanted
+        interval is below half the current level (timing noise near a boundary does not flip the level)."""
         level = self.sample_every
-        while level * 2 <= min(self.controller.interval, self.controller.max_interval):
+        while level * 2 <= min(interval, self.controller.max_interval):  # type: ignore[union-attr]
             level *= 2
-        self._level = level
-        return step_index % level == 0
+        return level if level > self._level or interval < self._level / 2 else self._level
 
 
 class ForwardCost:

@@ -3,6 +3,9 @@ next sampled step, so that ``monitor.log()`` never forces a host sync."""
 
 from __future__ import annotations
 
+import ctypes
+import math
+import struct
 from numbers import Real
 from typing import Any
 
@@ -14,12 +17,79 @@ from .steps import StepClock
 from .transfer import DeviceBatch
 
 _MAX_PENDING = 4096
+_HOST_FORMATS = {torch.float32: "f", torch.float64: "d"}
+
+
+class NonfiniteTripwire:
+    """Notices a non-finite training loss on the step it is logged, without a host-device sync.
+
+    A CPU loss is read directly (host memory: no device to wait for). A device loss gets a flag that is copied
+    to pinned host memory asynchronously; a later step boundary reads it once its CUDA event has completed,
+    so a NaN is seen one or two steps late instead of at the next scheduled sample.
+    """
+
+    def __init__(self) -> None:
+        self._tripped = False
+        self._forced = -(10**9)  # the last step sampled early
+        self._flag: Tensor | None = None  # device flag of the losses since the last poll: any non-finite
+        self._host: Tensor | None = None
+        self._event: Any = None
+
+    def observe(self, loss: Tensor | float) -> None:
+        if self._tripped:
+            return
+        if not isinstance(loss, Tensor):
+            self._tripped = not math.isfinite(loss)
+        elif loss.device.type == "cpu" and loss.dtype in _HOST_FORMATS:
+            # A CPU scalar is final in host memory: read its bytes (no device, nothing to wait for).
+            raw = ctypes.string_at(loss.data_ptr(), loss.element_size())
+            self._tripped = not math.isfinite(struct.unpack(_HOST_FORMATS[loss.dtype], raw)[0])
+        elif loss.device.type == "cpu":
+            return  # other CPU dtypes: the next scheduled sample sees it
+        else:
+            bad = ~torch.isfinite(loss.detach())
+            self._flag = bad if self._flag is None else self._flag | bad
+
+    def tripped(self) -> bool:
+        """Whether a non-finite loss was seen since the last reset (device flags: once their copy landed)."""
+        if self._tripped or self._flag is None:
+            return self._tripped
+        if self._event is None:  # start an asynchronous copy of the flag
+            if self._host is None:
+                self._host = torch.zeros((), dtype=torch.bool, pin_memory=torch.cuda.is_available())
+            self._host.copy_(self._flag, non_blocking=True)
+            self._event = torch.cuda.Event() if self._flag.device.type == "cuda" else None
+            if self._event is None:  # another device type: read at the next sample instead
+                self._flag = None
+                return False
+            self._event.record()
+            self._flag = None
+            return False
+        if self._event.query():  # the copy has landed: reading host memory waits on nothing
+            self._tripped = bool(self._host)
+            self._event = None
+        return self._tripped
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether ``step`` should be sampled early for a non-finite loss: at most once per ``every`` steps, so
+        that a run that stays NaN is not sampled at every step."""
+        if not self.tripped() or step < self._forced + every:
+            return False
+        self._forced = step
+        return True
+
+    def reset(self) -> None:
+        self._tripped = False
+        self._flag = None
+        self._event = None
 
 
 class LoggedValues:
     """Pending logged values between sampled steps, and what the host has read of them."""
 
     def __init__(self) -> None:
+        self.tripwire = NonfiniteTripwire()
+        """Sees a non-finite loss between samples (the monitor then samples the next step)."""
         self.pending_losses: list[Tensor | float] = []
         self._first_loss: Tensor | float | None = None
         self.first_loss: float | None = None
@@ -60,6 +130,7 @@ class LoggedValues:
         if len(self.pending_losses) >= _MAX_PENDING:  # never grows without bound when steps are not seen
             del self.pending_losses[: len(self.pending_losses) // 2]
         self.pending_losses.append(v)
+        self.tripwire.observe(v)
 
     def val_loss(self, value: Any, step: int) -> None:
         """Record a validation loss measured at ``step``."""
@@ -100,6 +171,7 @@ class LoggedValues:
         return self.val_history[-1][1] if self.val_history else None
 
     def clear_pending(self) -> None:
+        self.tripwire.reset()
         self.pending_losses = []
         self.pending_val = []
         self.pending_scalars = {}

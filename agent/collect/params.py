@@ -4,6 +4,7 @@ the one batched copy, then folded into LayerStats on the host."""
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ class ParamTracker:
         self.weight_copy: list[tuple[int, Tensor]] = []
         self.copies = WeightCopies()  # scratch buffers for the update copy (kept on CPU, see agent.collect.updates)
         self._update_cursor = 0
+        self.leftover_refs: list[weakref.ref[Tensor]] = []  # the left-over gradients, until the next step
         self.uncleared_sq: Tensor | None = None
         """Squared norm of the gradients already present when backward reached the output (forgotten zero_grad)."""
 
@@ -71,6 +73,15 @@ class ParamTracker:
             return
         with torch.no_grad():
             self.uncleared_sq = stats.squared_norm_vector(grads).sum()
+        self.leftover_refs = [weakref.ref(g) for g in grads]
+
+    def check_leftover_consumed(self) -> None:
+        """At the next optimizer step: the left-over gradient tensors are still the ones it will consume, or
+        ``zero_grad()`` replaced them since (a GAN clears its discriminator after the generator's backward)."""
+        refs, self.leftover_refs = self.leftover_refs, []
+        current = {id(p.ref.grad) for p in self.params if p.ref.grad is not None}
+        if any(r() is None or id(r()) not in current for r in refs):
+            self.uncleared_sq = torch.zeros(())  # cleared before the step consumed it
 
     def copy_weights(self, in_optimizer: set[int] | None) -> None:
         """Transient copy of (a rotating slice of) the weights, to measure the coming update exactly."""
@@ -127,6 +138,7 @@ class ParamTracker:
         self.weight_copy = []
         self.grad_sq = []
         self.uncleared_sq = None
+        self.leftover_refs = []
 
     def exact_nonfinite(self, host: dict, trainable: list[tuple[int, _Param]]) -> dict[tuple[str, int], int]:
         """Exact NaN/Inf element counts, only for tensors whose norm came back non-finite.

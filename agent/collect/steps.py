@@ -29,6 +29,8 @@ class StepClock:
         self.samples_per_second: float | None = None
         self.learning_rates: tuple[float, ...] = ()
         self.first_forward_pending = True
+        self.forwards = 0
+        """Training forwards of the attached model seen so far (none: the training step calls something else)."""
         self.forward_seconds_total = 0.0
         """Seconds inside training forwards (root module), summed over steps: this rank's own work."""
         self.input_wait_seconds_total = 0.0

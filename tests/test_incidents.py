@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -165,3 +166,39 @@ def test_info_lines_show_by_default_without_logging_config(tmp_path):
     quiet = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
                            env={**env, "NNWATCH_CONSOLE_LOG": "0"})
     assert quiet.returncode == 0 and "serving metrics" not in quiet.stderr
+
+
+def test_a_very_deep_relu_stack_is_one_incident_not_a_flood(caplog):
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(60):
+        layers += [nn.Linear(32, 32), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with caplog.at_level(logging.INFO, logger="nnwatch"):
+        mon = agent.attach(model, opt, port=None)
+        train(model, opt, 200, monitor=mon, d_in=32)
+        mon.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nnwatch [")]
+    assert 1 <= len(lines) <= 3, lines  # was one warning per layer and check, and as many resolutions
+    summary = [r.getMessage() for r in caplog.records if "finding(s) in 200 steps" in r.getMessage()]
+    assert summary and len(summary[0]) < 600, summary
+
+
+def test_a_loss_that_is_nan_every_other_pair_of_steps_is_one_incident(caplog):
+    torch.manual_seed(0)
+    model = SmallMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with caplog.at_level(logging.INFO, logger="nnwatch"):
+        mon = agent.attach(model, opt, port=None)
+        for step in range(1200):
+            opt.zero_grad()
+            loss = model(torch.randn(8, 16)).square().mean()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss * math.nan if step % 4 < 2 else loss)  # NaN on 2 of every 4 steps
+        mon.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nnwatch [")]
+    assert len(lines) <= 2 and "nonfinite_values" in lines[0], lines  # was 600 lines and 600 webhook posts
+    [record] = [r for r in mon.history if r.check == "nonfinite_values"]
+    assert record.first_step <= 3

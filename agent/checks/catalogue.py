@@ -300,6 +300,8 @@ _EXPLAINS: dict[str, tuple[str, ...]] = {
     "update_ratio_out_of_range": ("dead_units", "saturated_activations", "loss_not_decreasing", "loss_spike"),
     # No learning rate, no update: weights stand still and the loss stays flat.
     "learning_rate_zero": ("weights_not_updating", "loss_not_decreasing", "update_ratio_out_of_range"),
+    # Layers left out of the optimizer are never zeroed by optimizer.zero_grad(): their gradients pile up.
+    "weights_not_updating": ("gradients_not_cleared",),
     # Units that never fire pass no gradient back: the layers before them starve.
     "dead_units": ("vanishing_gradients", "weights_not_updating", "loss_not_decreasing"),
     # A gradient too small to move fp32 weights looks like a layer that is not updated.

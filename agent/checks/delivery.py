@@ -34,7 +34,9 @@ def finding_line(f: Finding, consequences: str = "", model: str | None = None, a
 
 def _extra(consequences: str, also: Sequence[str]) -> str:
     """The other layers and the consequences of an incident, as one sentence each."""
-    where = f" The same in {', '.join(_one_line(m) for m in also)}." if also else ""
+    shown = [_one_line(m) for m in also[:8]]
+    more = f" and {len(also) - 8} more" if len(also) > 8 else ""
+    where = f" The same in {', '.join(shown)}{more}." if also else ""
     return where + (f" It also explains: {consequences} (not reported separately)." if consequences else "")
 
 

@@ -152,19 +152,31 @@ class Incidents:
         return sorted((r.copy() for r in self.records.values()), key=lambda r: (r.first_step, r.check))
 
     def summary(self, steps: int) -> str:
-        """One paragraph: what was found over ``steps`` steps, causes with their consequences."""
+        """One paragraph: what was found over ``steps`` steps, one clause per check with the layers it named and
+        the checks it explains."""
         causes = [r for r in self.history() if r.explained_by is None]
         if not causes:
             return f"nnwatch: no findings in {steps} steps."
-        parts = []
+        by_check: dict[str, list[FindingRecord]] = {}
         for r in causes:
-            where = f" in {r.module}" if r.module else ""
-            until = f"resolved at step {r.resolved_step}" if r.resolved_step is not None else "still active"
-            extra = f"; explains {r.consequence_text()}" if r.consequences else ""
-            fires = f", fired {r.fired} times" if r.fired > 1 else ""
-            parts.append(f"{r.check} [{r.severity}]{where} from step {r.first_step} ({until}{fires}, "
-                         f"peak {r.peak:.3g}{extra})")
-        return f"nnwatch: {len(causes)} finding(s) in {steps} steps: " + "; ".join(parts) + "."
+            by_check.setdefault(r.check, []).append(r)
+        parts = []
+        for check, records in by_check.items():
+            modules = [r.module for r in records if r.module]
+            where = f" in {_few(modules)}" if modules else ""
+            active = [r for r in records if r.resolved_step is None]
+            until = "still active" if active else f"resolved at step {max(r.resolved_step or 0 for r in records)}"
+            explained = sorted({c for r in records for c, _ in r.consequences})
+            extra = f"; explains {', '.join(explained)}" if explained else ""
+            parts.append(f"{check} [{records[0].severity}]{where} from step {min(r.first_step for r in records)} "
+                         f"({until}, peak {max(r.peak for r in records):.3g}{extra})")
+        return f"nnwatch: {len(parts)} finding(s) in {steps} steps: " + "; ".join(parts) + "."
+
+
+def _few(names: list[str | None], shown: int = 4) -> str:
+    names = [n for n in names if n]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 __all__ = ["Incidents"]

@@ -300,6 +300,8 @@ _EXPLAINS: dict[str, tuple[str, ...]] = {
     "update_ratio_out_of_range": ("dead_units", "saturated_activations", "loss_not_decreasing", "loss_spike"),
     # No learning rate, no update: weights stand still and the loss stays flat.
     "learning_rate_zero": ("weights_not_updating", "loss_not_decreasing", "update_ratio_out_of_range"),
+    # Units of a layer that start identical stay identical: the model cannot learn past a point.
+    "constant_init": ("loss_not_decreasing",),
     # Layers left out of the optimizer are never zeroed by optimizer.zero_grad(): their gradients pile up.
     "weights_not_updating": ("gradients_not_cleared",),
     # Units that never fire pass no gradient back: the layers before them starve.

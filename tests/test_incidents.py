@@ -93,7 +93,7 @@ def test_summary_names_the_cause_and_its_consequences():
     _nan_with_dead_units(eng, mon, range(6))
     text = eng.incidents.summary(60)
     assert text.startswith("nnwatch: 1 finding(s) in 60 steps: nonfinite_values [critical]")
-    assert "explains dead_units in act1" in text
+    assert "explains dead_units" in text
 
 
 def _lr_zero_group_run(caplog):

@@ -14,7 +14,7 @@ import weakref
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from . import state
@@ -28,13 +28,14 @@ from .collect.logged import LoggedValues
 from .collect.memory import MemoryReader
 from .collect.params import ParamTracker, optimizer_param_ids
 from .collect.probes import ActivationProbe
-from .collect.steps import StepClock, batch_size
+from .collect.steps import StepClock
 from .collect.sample import take_sample
 from .config import Options
 from .console import show_agent_logs
 from .notices import (BLIND_SPOT_STEPS, LIVE, log_summary, name_when_several, say_what_is_not_watched,
                       unique_name)
 from .guard import Guard
+from .hooks import ModelHooks
 from .snapshot import Snapshot
 
 log = logging.getLogger("nnwatch")
@@ -42,7 +43,7 @@ log = logging.getLogger("nnwatch")
 _TRAIN_MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
 
 
-class Monitor:
+class Monitor(ModelHooks):
     """Watches one model (and optionally its optimizer). Create it with :func:`agent.attach`.
 
     Holds the model weakly; ``close()`` (idempotent, also on garbage collection of the model and on
@@ -219,114 +220,6 @@ class Monitor:
     def __repr__(self) -> str:
         return f"<nnwatch.Monitor {'closed' if self._closed else f'step={self.steps.step_index}'} url={self.url}>"
 
-    # -- hooks -----------------------------------------------------------------------------------
-    def _install_hooks(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-        self._handles.append(model.register_forward_pre_hook(self._on_forward_pre, with_kwargs=True))
-        self._handles.append(model.register_forward_hook(self._on_forward, always_call=True))
-        if optimizer is not None:
-            self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre))
-            self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
-
-    def _on_forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if torch.compiler.is_compiling():  # traced into a compiled graph: observe nothing, break nothing
-            return None
-        if torch._C._current_graph_task_id() != -1:  # inside backward: activation checkpointing recomputes
-            return None
-        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
-        training = False
-        try:
-            if torch.is_grad_enabled():
-                training = True
-                self.steps.forwards += 1
-                batch = batch_size(args, kwargs)
-                if batch:
-                    self.steps.samples_this_step += batch
-                if self.steps.first_forward_pending:
-                    self.steps.input_wait_seconds_total += max(0.0, t0 - self.steps.started)
-                # The probe's TorchFunctionMode would be traced by dynamo: off for compiled models.
-                if self._sampled and self.options.activations and not self.compiled and "activations" not in self.guard.disabled:
-                    self.guard.call("activations", self.probe.begin)
-            elif any(m.training for m in self._train_sensitive):
-                self.eval_in_train_forwards += 1
-        except Exception:  # noqa: BLE001
-            self.guard.failed("forward")
-        finally:
-            t1 = self._clock()
-            self.guard.leave(t1 - t0)
-            if training:  # the model's own forward starts now
-                self._forward_started = t1
-                self._forward_agent0 = self.guard.seconds
-        return None
-
-    def _on_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
-            return None
-        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
-        try:
-            probed = self.probe.active
-            if self._forward_started is not None:
-                seconds = t0 - self._forward_started
-                self.steps.forward_seconds_total += seconds
-                self._forward_started = None
-                # Charge what the probe cost inside the forward beyond its timed statistics.
-                own = seconds - (self.guard.seconds - self._forward_agent0)
-                self.guard.charge(self.forward_cost.observe(own, probed))
-            if probed:
-                self.probe.end()
-            if self.steps.first_forward_pending and torch.is_grad_enabled():
-                self.steps.first_forward_pending = False
-                if self._uncleared_due:  # the step after a sampled one: is its consumed gradient still there?
-                    out = _first_grad_tensor(output)
-                    if out is not None:
-                        out.register_hook(self._on_backward_start)
-        except Exception:  # noqa: BLE001
-            self.guard.failed("forward")
-        finally:
-            self.guard.leave(self._clock() - t0)
-        return None
-
-    def _on_backward_start(self, grad: Tensor) -> None:
-        """Fires when backward reaches the model's output: gradients present now were not cleared."""
-        self.guard.call("uncleared_gradients", self.params.measure_uncleared)
-        return None
-
-    def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.params.leftover_refs:  # a left-over gradient was measured this step: is it still what steps?
-            self.guard.call("uncleared_gradients", self.params.check_leftover_consumed)
-        if self._sampled:
-            t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
-            # With a closure (LBFGS, Lightning) backward runs inside step(): read gradients after it.
-            self._grads_after_step = bool(args and args[0] is not None) or (kwargs or {}).get("closure") is not None
-            if not self._grads_after_step:
-                self.guard.call("gradients", self.params.capture_gradients)
-            if self.options.update_ratios:
-                self.guard.call("update_ratio", self.params.copy_weights, optimizer_param_ids(optimizer))
-            self.guard.leave(self._clock() - t0)
-        return None
-
-    def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        capture, self._grads_after_step = self._grads_after_step, False
-        self._end_step(capture_gradients=capture)
-        return None
-
-    def _end_step(self, capture_gradients: bool) -> None:
-        """Close a step, guarded and timed once: read the gradients first when asked, then the boundary."""
-        t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
-        try:
-            if capture_gradients:
-                self.guard.call("gradients", self.params.capture_gradients)
-            self._boundary()
-        except Exception:  # noqa: BLE001
-            self.guard.failed("step")
-        finally:
-            self.guard.leave(self._clock() - t0)
-
-    def _on_amp_skip(self, optimizer: Any) -> None:
-        """A GradScaler skipped ``optimizer``'s step: it still ends a step (a run of skips gets sampled)."""
-        if self._opt_ref is None or optimizer is not self._opt_ref():
-            return
-        self._end_step(capture_gradients=self._sampled)
-
     # -- the step loop ----------------------------------------------------------------------------
     def _boundary(self) -> None:
         opt = self._opt_ref() if self._opt_ref is not None else None
@@ -407,19 +300,6 @@ def _close_ref(ref: "weakref.ref[Monitor]") -> None:
     monitor = ref()
     if monitor is not None:
         monitor.close()
-
-
-def _first_grad_tensor(output: Any) -> Tensor | None:
-    if isinstance(output, Tensor):
-        return output if output.requires_grad else None
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        for v in output:
-            t = _first_grad_tensor(v)
-            if t is not None:
-                return t
-    return None
 
 
 __all__ = ["Monitor"]

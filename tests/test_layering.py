@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # lowest first: a module imports 
     ("base", ("agent.config", "agent.guard", "agent.console")),  # options, the error guard, default log output
     ("collect", ("agent.collect",)),  # hooks' device statistics, the one transfer, step bookkeeping
     ("consume", ("agent.checks", "agent.export")),  # read snapshots: findings; Prometheus
-    ("monitor", ("agent.monitor", "agent.state", "agent.notices")),  # owns the hooks and the step loop
+    ("monitor", ("agent.monitor", "agent.hooks", "agent.state", "agent.notices")),  # owns the hooks and the step loop
     ("api", ("agent",)),  # attach() and the public names
     ("ops", ("agent.ops",)),  # generators from the catalogue, apart from the runtime
     ("entry", ("agent.cli", "agent.demo", "agent.integrations")),
@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # lowest first: a module imports 
 INDEPENDENT = (("agent.checks", "agent.export"),)
 """Siblings that never import each other (both read the snapshot; the monitor wires them)."""
 MAX_MODULE_LINES = 460
-MAX_CLASS_LINES = 330
+MAX_CLASS_LINES = 300
 
 
 def module_name(path: Path) -> str:

@@ -73,6 +73,8 @@ class Snapshot:
     loss: float | None = None
     """Mean of the losses logged since the previous sample."""
     loss_nonfinite: int = 0
+    loss_nonfinite_step: int | None = None
+    """Training step of the first non-finite loss logged since the previous sample (None: none seen)."""
     first_loss: float | None = None
     val_loss: float | None = None
     learning_rates: tuple[float, ...] = ()

@@ -37,7 +37,10 @@ def nonfinite_values(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Conditio
         first = next((l.module for l in s.layers if l.grad_nonfinite or l.weight_nonfinite), None)
         if first is None:
             first = next((a.key for a in s.activations if a.nonfinite), "the loss")
-        yield None, float(total), {"tensor": "/".join(kinds), "module": first}
+        fields: dict[str, Any] = {"tensor": "/".join(kinds), "module": first}
+        if s.loss_nonfinite_step is not None:  # the step of the first NaN loss, whichever sample saw it
+            fields["started"] = min(s.loss_nonfinite_step, s.step)
+        yield None, float(total), fields
 
 
 def exploding_gradients(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:

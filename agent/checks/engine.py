@@ -127,8 +127,8 @@ class CheckEngine:
         for key, (module, value, fields) in current.items():
             check = BY_NAME[key[0]]
             track = self._tracks.get(key)
-            if track is None:
-                track = self._tracks[key] = _Track(since=step)
+            if track is None:  # a condition may know it started before this sample ("started")
+                track = self._tracks[key] = _Track(since=min(step, int(fields.get("started", step))))
             track.count += 1
             track.missing = 0
             track.value, track.fields = value, fields

@@ -30,14 +30,19 @@ class NonfiniteTripwire:
 
     def __init__(self) -> None:
         self._tripped = False
+        self.first_step: int | None = None
+        """The training step of the first non-finite loss seen since the last reset."""
+        self._flag_step = self._copy_step = 0
         self._forced = -(10**9)  # the last step sampled early
         self._flag: Tensor | None = None  # device flag of the losses since the last poll: any non-finite
         self._host: Tensor | None = None
         self._event: Any = None
 
-    def observe(self, loss: Tensor | float) -> None:
+    def observe(self, loss: Tensor | float, step: int) -> None:
         if self._tripped:
             return
+        if self._flag is None:
+            self._flag_step = step  # the first step the pending device flag covers
         if not isinstance(loss, Tensor):
             self._tripped = not math.isfinite(loss)
         elif loss.device.type == "cpu" and loss.dtype in _HOST_FORMATS:
@@ -49,6 +54,8 @@ class NonfiniteTripwire:
         else:
             bad = ~torch.isfinite(loss.detach())
             self._flag = bad if self._flag is None else self._flag | bad
+        if self._tripped:
+            self.first_step = step
 
     def tripped(self) -> bool:
         """Whether a non-finite loss was seen since the last reset (device flags: once their copy landed)."""
@@ -58,6 +65,7 @@ class NonfiniteTripwire:
             if self._host is None:
                 self._host = torch.zeros((), dtype=torch.bool, pin_memory=torch.cuda.is_available())
             self._host.copy_(self._flag, non_blocking=True)
+            self._copy_step = self._flag_step
             self._event = torch.cuda.Event() if self._flag.device.type == "cuda" else None
             if self._event is None:  # another device type: read at the next sample instead
                 self._flag = None
@@ -68,6 +76,8 @@ class NonfiniteTripwire:
         if self._event.query():  # the copy has landed: reading host memory waits on nothing
             self._tripped = bool(self._host)
             self._event = None
+            if self._tripped:
+                self.first_step = self._copy_step  # the flag covers losses from this step on
         return self._tripped
 
     def due(self, step: int, every: int) -> bool:
@@ -80,6 +90,7 @@ class NonfiniteTripwire:
 
     def reset(self) -> None:
         self._tripped = False
+        self.first_step = None
         self._flag = None
         self._event = None
 
@@ -104,7 +115,8 @@ class LoggedValues:
     def log(self, steps: StepClock, loss: Any, val_loss: Any, scalars: dict[str, Any]) -> None:
         """``Monitor.log()``: validate and keep the values; ``lr`` and ``batch_size`` go to the step clock."""
         if loss is not None:
-            self.loss(loss)
+            # A loss logged before the step's first forward belongs to the step that just ended.
+            self.loss(loss, max(0, steps.step_index - 1) if steps.first_forward_pending else steps.step_index)
         if val_loss is not None:
             self.val_loss(val_loss, steps.step_index)
         for name, raw in scalars.items():
@@ -122,15 +134,15 @@ class LoggedValues:
             else:
                 self.pending_scalars[name] = value
 
-    def loss(self, value: Any) -> None:
-        """Record a training loss (tensor or number)."""
+    def loss(self, value: Any, step: int = 0) -> None:
+        """Record a training loss (tensor or number) of training step ``step``."""
         v = scalar(value, "loss")
         if self._first_loss is None:
             self._first_loss = v
         if len(self.pending_losses) >= _MAX_PENDING:  # never grows without bound when steps are not seen
             del self.pending_losses[: len(self.pending_losses) // 2]
         self.pending_losses.append(v)
-        self.tripwire.observe(v)
+        self.tripwire.observe(v, step)
 
     def val_loss(self, value: Any, step: int) -> None:
         """Record a validation loss measured at ``step``."""

@@ -31,6 +31,7 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
             amp.queue(batch)
         host = batch.fetch()  # the one host-device sync of this sampled step
         nonfinite = params.exact_nonfinite(host, trainable)
+    nonfinite_step = logged.tripwire.first_step  # read() resets the tripwire
     loss, loss_nonfinite = logged.read(host)
     uncleared = host.get("uncleared")
     return Snapshot(
@@ -38,6 +39,7 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
         time=wall,
         loss=loss,
         loss_nonfinite=loss_nonfinite,
+        loss_nonfinite_step=nonfinite_step,
         first_loss=logged.first_loss,
         val_loss=logged.val_loss_last,
         learning_rates=steps.learning_rates,

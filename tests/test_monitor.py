@@ -636,3 +636,26 @@ def test_a_nan_loss_is_sampled_on_the_next_step_whatever_the_interval():
     assert 53 <= record.first_step <= 56  # sampled at once (log() comes after the step), not at step 80
     assert mon.sampled_steps <= 3 + 2  # steps 0, 40, 80 and one or two early samples, not every NaN step
     mon.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_nan_cuda_loss_is_seen_without_a_sync_between_samples():
+    torch.manual_seed(0)
+    model = SmallMLP().cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = agent.attach(model, opt, port=None, sample_every=40)
+    torch.cuda.synchronize()
+    try:
+        for step in range(100):
+            torch.cuda.set_sync_debug_mode(0 if mon._sampled else "error")  # the tripwire must not sync
+            opt.zero_grad()
+            loss = model(torch.randn(8, 16, device="cuda")).square().mean()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss * math.nan if step >= 53 else loss)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    [record] = [r for r in mon.history if r.check == "nonfinite_values"]
+    assert 53 <= record.first_step <= 56 and record.last_step < 80  # seen through the async copy, not at step 80
+    mon.close()

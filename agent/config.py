@@ -34,7 +34,7 @@ class Options:
     overhead budget this is the shortest interval."""
     overhead_budget: float | None = 0.01
     """Share of step time the agent may take (0.01 = 1%): the sampling interval starts at ``sample_every``
-    and doubles (up to 50 steps) when sampled steps would cost more, which only happens for small models with
+    and doubles (after the first 100 steps, up to 1000) when sampled steps would cost more, which only happens for small models with
     very short steps. None: a fixed ``sample_every``. Setting ``sample_every`` without a budget also means a
     fixed interval. The live interval is ``nnwatch_sample_interval_steps``."""
     activations: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import math
 import os
 import subprocess
@@ -18,6 +19,11 @@ from agent.checks.engine import CheckEngine
 from agent.config import Options
 from tests.helpers import SmallMLP, train
 from tests.test_checks import Recorder, dead_snap, fake_monitor, snap
+
+
+def _finding_lines(caplog) -> list[str]:
+    """Finding lines (other tests' monitors still alive make lines name their model: ``nnwatch (Name) [...]``)."""
+    return [r.getMessage() for r in caplog.records if re.match(r"nnwatch( \(.+?\))? \[(warning|critical|info)\]", r.getMessage())]
 
 
 def engine():
@@ -106,7 +112,7 @@ def _lr_zero_group_run(caplog):
         mon = agent.attach(model, opt, port=None, sample_every=2)
         train(model, opt, 60, monitor=mon)
         mon.close()
-    return mon, [r.getMessage() for r in caplog.records if "nnwatch [" in r.getMessage()]
+    return mon, _finding_lines(caplog)
 
 
 def test_a_param_group_at_lr_zero_is_named_as_the_cause(caplog):
@@ -179,7 +185,7 @@ def test_a_very_deep_relu_stack_is_one_incident_not_a_flood(caplog):
         mon = agent.attach(model, opt, port=None)
         train(model, opt, 200, monitor=mon, d_in=32)
         mon.close()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nnwatch [")]
+    lines = _finding_lines(caplog)
     assert 1 <= len(lines) <= 3, lines  # was one warning per layer and check, and as many resolutions
     summary = [r.getMessage() for r in caplog.records if "finding(s) in 200 steps" in r.getMessage()]
     assert summary and len(summary[0]) < 600, summary
@@ -198,7 +204,7 @@ def test_a_loss_that_is_nan_every_other_pair_of_steps_is_one_incident(caplog):
             opt.step()
             mon.log(loss=loss * math.nan if step % 4 < 2 else loss)  # NaN on 2 of every 4 steps
         mon.close()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nnwatch [")]
+    lines = _finding_lines(caplog)
     assert len(lines) <= 2 and "nonfinite_values" in lines[0], lines  # was 600 lines and 600 webhook posts
     [record] = [r for r in mon.history if r.check == "nonfinite_values"]
     assert record.first_step <= 3

@@ -657,5 +657,5 @@ def test_a_nan_cuda_loss_is_seen_without_a_sync_between_samples():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     [record] = [r for r in mon.history if r.check == "nonfinite_values"]
-    assert 53 <= record.first_step <= 56 and record.last_step < 80  # seen through the async copy, not at step 80
+    assert 53 <= record.first_step <= 56 and record.last_logged < 70  # seen through the async copy, not at step 80
     mon.close()

@@ -19,9 +19,10 @@ from collections import deque
 DECIDE_EVERY_STEPS = 100
 """The budget's sampling level changes only at multiples of this many steps: the steps a seeded run samples
 (and so its findings) do not move with the machine's load between two decisions."""
-MAX_INTERVAL_STEPS = 50
-"""The overhead budget never stretches the interval past this many steps (or ``sample_every`` when larger): no
-check waits longer than that for its next sample, whatever the model's step time."""
+MAX_INTERVAL_STEPS = 1000
+"""The overhead budget never stretches the interval past this many steps (or ``sample_every`` when larger). The
+first DECIDE_EVERY_STEPS steps always run at ``sample_every``: every check gets its first samples within them,
+whatever the model's step time; later, a long interval only happens where steps are fast (milliseconds)."""
 
 
 class OverheadController:

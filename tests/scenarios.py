@@ -102,11 +102,14 @@ def attach(model: nn.Module, opt: torch.optim.Optimizer | None, **kw) -> "agent.
 
 def fit(model: nn.Module, opt: torch.optim.Optimizer, mon: "agent.Monitor", steps: int, *, sched=None,
         image: bool = False, transform: Callable | None = None, loss_fn: Callable | None = None,
-        seed: int = 0, batch: int = 64, size: int | None = None) -> "agent.Monitor":
+        seed: int = 0, batch: int = 64, size: int | None = None,
+        relabel: Callable | None = None) -> "agent.Monitor":
     loss_fn = loss_fn or F.cross_entropy
     for step, (x, y) in enumerate(batches(steps, batch, seed, image, size)):
         if transform is not None:
             x = transform(step, x)
+        if relabel is not None:
+            y = relabel(step, y)
         opt.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -662,16 +665,8 @@ def broken_bad_batches():
     torch.manual_seed(0)
     m = mlp()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    mon = attach(m, opt)
-    for step, (x, y) in enumerate(batches(200)):
-        if 150 <= step < 154:
-            y = (y + 1 + step) % 10  # every label wrong
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    scramble = lambda step, y: (y + 1 + step) % 10 if 150 <= step < 154 else y  # noqa: E731 - every label wrong
+    return fit(m, opt, attach(m, opt), 200, relabel=scramble)
 
 
 @scenario("a step that hangs (stuck data loader) longer than the stall limit", ("training_stalled",))

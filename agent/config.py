@@ -60,6 +60,9 @@ class Options:
     """Hard limit in seconds without a completed step before training_stalled fires (None: learned only)."""
     webhook_url: str | None = None
     """Slack-compatible incoming-webhook URL that receives each new finding and its resolution."""
+    webhook_digest_seconds: float = 2.0
+    """Findings and resolutions posted within this many seconds of the first of a burst go out as one digest
+    message (0: one post each)."""
     log_findings: bool = True
     """Log each finding and its resolution through the ``nnwatch`` logger."""
     console_log: bool = True
@@ -165,6 +168,8 @@ class Options:
             raise ValueError(f"push_interval must be a positive number of seconds or None, got {self.push_interval!r}")
         if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http(s):// URL (e.g. a Slack incoming webhook)")
+        if not _finite_number(self.webhook_digest_seconds) or not 0 <= self.webhook_digest_seconds <= 600:
+            raise ValueError(f"webhook_digest_seconds must be a number of seconds in 0..600, got {self.webhook_digest_seconds!r}")
 
 
 def _finite_number(v: Any) -> bool:

@@ -45,6 +45,8 @@ class ModelHooks:
                 # The probe's TorchFunctionMode would be traced by dynamo: off for compiled models.
                 if self._sampled and self.options.activations and not self.compiled and "activations" not in self.guard.disabled:
                     self.guard.call("activations", self.probe.begin)
+                if self._sampled and not self.params.fp16_autocast_seen:
+                    self.params.fp16_autocast_seen = _fp16_autocast()
             elif any(m.training for m in self._train_sensitive):
                 self.eval_in_train_forwards += 1
         except Exception:  # noqa: BLE001
@@ -72,11 +74,13 @@ class ModelHooks:
                 self.guard.charge(self.forward_cost.observe(own, probed))
             if probed:
                 self.probe.end()
+            if self._sampled and torch.is_grad_enabled():  # read the gradients when this output's backward ends
+                for out in _grad_tensors(output):
+                    out.register_hook(self._on_sampled_backward)
             if self.steps.first_forward_pending and torch.is_grad_enabled():
                 self.steps.first_forward_pending = False
                 if self._uncleared_due:  # the step after a sampled one: is its consumed gradient still there?
-                    out = _first_grad_tensor(output)
-                    if out is not None:
+                    for out in _grad_tensors(output, limit=1):
                         out.register_hook(self._on_backward_start)
         except Exception:  # noqa: BLE001
             self.guard.failed("forward")
@@ -88,6 +92,20 @@ class ModelHooks:
         """Fires when backward reaches the model's output: gradients present now were not cleared."""
         self.guard.call("uncleared_gradients", self.params.measure_uncleared)
         return None
+
+    def _on_sampled_backward(self, grad: Tensor) -> None:
+        """Backward reached a sampled forward's output: read the gradients once this backward has finished."""
+        task = torch._C._current_graph_task_id()
+        if task != self._backward_task:  # once per backward, whatever number of outputs it runs through
+            self._backward_task = task
+            engine = torch.autograd.Variable._execution_engine  # type: ignore[attr-defined]
+            # Queued from a final callback, it runs after the callbacks queued during backward (DDP's
+            # gradient averaging): the gradients as they stand before the user's code touches them.
+            engine.queue_callback(lambda: engine.queue_callback(self._on_backward_end))
+        return None
+
+    def _on_backward_end(self) -> None:
+        self.guard.call("gradients", self.params.capture_backward_end)
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.params.leftover_refs:  # a left-over gradient was measured this step: is it still what steps?
@@ -127,17 +145,28 @@ class ModelHooks:
         self._end_step(capture_gradients=self._sampled)
 
 
-def _first_grad_tensor(output: Any) -> Tensor | None:
-    if isinstance(output, Tensor):
-        return output if output.requires_grad else None
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        for v in output:
-            t = _first_grad_tensor(v)
-            if t is not None:
-                return t
-    return None
+def _fp16_autocast() -> bool:
+    """float16 autocast is on (gradients are then usually loss-scaled between backward and the step)."""
+    for device in ("cuda", "cpu"):
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+            return True
+    return False
+
+
+def _grad_tensors(output: Any, limit: int = 4) -> list[Tensor]:
+    """Up to ``limit`` tensors of a forward's output (tensor, tuple, list, dict) that require grad."""
+    found: list[Tensor] = []
+    stack = [output]
+    while stack and len(found) < limit:
+        v = stack.pop(0)
+        if isinstance(v, Tensor):
+            if v.requires_grad:
+                found.append(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return found
 
 
 __all__ = ["ModelHooks"]

@@ -89,6 +89,7 @@ class Monitor(ModelHooks):
         self._overhead_mark = (0.0, 0.0)
         self._explicit_step_warned = False
         self._grads_after_step = False
+        self._backward_task = -1  # the backward whose end already reads the gradients
         self._forward_started: float | None = None
         self._forward_agent0 = 0.0  # agent seconds when the running forward started
         self._train_sensitive = [m for m in model.modules() if isinstance(m, _TRAIN_MODE_SENSITIVE)]
@@ -270,6 +271,7 @@ def _check_engine(monitor: Monitor, options: Options) -> CheckEngine | None:
     if not options.checks:
         return None
     notifier = Notifier(log_findings=options.log_findings, webhook_url=options.webhook_url,
+                        digest_seconds=options.webhook_digest_seconds,
                         job=options.job or _script_name())
     notifier.model = name_when_several(weakref.ref(monitor))
     return CheckEngine(options, notifier=notifier)

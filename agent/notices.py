@@ -36,6 +36,11 @@ def say_what_is_not_watched(monitor: Any) -> None:
     elif monitor.options.activations and not monitor.compiled and not monitor.probe.sites:
         log.info("nnwatch%s: no activation function (ReLU family, GELU, SiLU, tanh, sigmoid) seen in %d sampled "
                  "forwards: the dead-unit and saturation checks have nothing to watch.", who, monitor.sampled_steps)
+    elif monitor.options.activations and not monitor.compiled and (unseen := monitor.probe.unseen_modules()):
+        shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+        log.info("nnwatch%s: %d activation module(s) never ran inside a sampled model(...) forward: %s. They are "
+                 "called from outside the attached module's forward (or not used), so their dead and saturated "
+                 "units are not watched; attach the module whose forward calls them.", who, len(unseen), shown)
 
 
 LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()

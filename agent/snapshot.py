@@ -89,6 +89,11 @@ class Snapshot:
     """Median step duration over the last interval, seconds."""
     amp_skipped: bool = False
     """An AMP GradScaler skipped this step's optimizer update (non-finite gradients are expected)."""
+    grad_clip_factor: float | None = None
+    """Gradient norm the optimizer step consumed / norm when backward ended (loss scale divided out): 1 when
+    nothing shrank the gradients, < 1 when clipping did (the layer norms are then the pre-clip ones)."""
+    grad_clipped_fraction: float | None = None
+    """Share of the recent sampled steps (agent.collect.clipping.WINDOW) on which clipping shrank the gradients."""
 
     def _total(self, attr: str) -> float | None:
         values = [getattr(layer, attr) for layer in self.layers if getattr(layer, attr) is not None]

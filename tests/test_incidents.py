@@ -17,6 +17,7 @@ from torch import nn
 import agent
 from agent.checks.engine import CheckEngine
 from agent.config import Options
+from tests.test_notify import Receiver
 from tests.helpers import SmallMLP, train
 from tests.test_checks import Recorder, dead_snap, fake_monitor, snap
 
@@ -196,7 +197,8 @@ def test_a_loss_that_is_nan_every_other_pair_of_steps_is_one_incident(caplog):
     model = SmallMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with caplog.at_level(logging.INFO, logger="nnwatch"):
-        mon = agent.attach(model, opt, port=None)
+        receiver = Receiver()  # a local stand-in for Slack
+        mon = agent.attach(model, opt, port=None, webhook_url=receiver.url)
         for step in range(1200):
             opt.zero_grad()
             loss = model(torch.randn(8, 16)).square().mean()
@@ -206,5 +208,8 @@ def test_a_loss_that_is_nan_every_other_pair_of_steps_is_one_incident(caplog):
         mon.close()
     lines = _finding_lines(caplog)
     assert len(lines) <= 2 and "nonfinite_values" in lines[0], lines  # was 600 lines and 600 webhook posts
+    receiver.close()
+    assert 1 <= len(receiver.posts) <= 2, [p["text"] for p in receiver.posts]
+    assert "nonfinite_values" in receiver.posts[0]["text"]
     [record] = [r for r in mon.history if r.check == "nonfinite_values"]
     assert record.first_step <= 3

@@ -621,6 +621,33 @@ def test_says_when_the_attached_model_never_runs_forward(caplog):
     assert len(lines) == 1 and "agent.attach(self.net)" in lines[0]
 
 
+def test_says_which_activation_modules_run_outside_the_watched_forward(caplog):
+    class VAE(torch.nn.Module):  # training decodes through self.decoder(z) outside forward()
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())
+            self.decoder = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Sigmoid())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.encoder(x)
+
+    torch.manual_seed(0)
+    model = VAE()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with caplog.at_level(logging.INFO, logger="nnwatch"):
+        mon = agent.attach(model, opt, port=None)
+        for _ in range(25):
+            x = torch.randn(8, 16)
+            opt.zero_grad()
+            loss = (model.decoder(model(x)) - x).pow(2).mean()
+            loss.backward()
+            opt.step()
+        mon.close()
+    lines = [r.getMessage() for r in caplog.records if "never ran inside" in r.getMessage()]
+    assert len(lines) == 1 and "1 activation module(s)" in lines[0] and ": decoder.1." in lines[0], lines
+    assert {a.key for a in mon.snapshot.activations} == {"encoder.1"}
+
+
 def test_a_nan_loss_is_sampled_on_the_next_step_whatever_the_interval():
     torch.manual_seed(0)
     model = SmallMLP()

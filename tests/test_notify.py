@@ -68,7 +68,7 @@ def free_port() -> int:
 
 
 def test_payload_is_slack_format_with_firing_and_resolution(receiver):
-    n = Notifier(webhook_url=receiver.url, job="train.py", log_findings=False)
+    n = Notifier(webhook_url=receiver.url, job="train.py", log_findings=False, digest_seconds=0)
     n.fired(FINDING)
     n.resolved(FINDING, 90)
     assert n.flush(5)
@@ -80,6 +80,32 @@ def test_payload_is_slack_format_with_firing_and_resolution(receiver):
                                  "status": "firing", "value": 0.98}
     assert "RESOLVED" in resolved["text"] and resolved["nnwatch"]["status"] == "resolved"
     assert "step 40 to step 90" in resolved["blocks"][0]["text"]["text"]
+    n.close()
+
+
+def test_a_burst_is_one_digest_post(receiver):
+    n = Notifier(webhook_url=receiver.url, job="train.py", log_findings=False, digest_seconds=30)
+    others = [Finding(check="saturated_activations", severity="warning", module=f"block{i}.act", step=50,
+                      message=f"block{i}.act saturated.", value=0.9, runbook_url="https://example.invalid/r")
+              for i in range(24)]
+    n.fired(Finding(check="nonfinite_values", severity="critical", module=None, step=40, message="NaN loss.",
+                    value=1.0, runbook_url="https://example.invalid/r"))
+    for f in others:
+        n.fired(f)
+    n.resolved(FINDING, 60)
+    t0 = time.monotonic()
+    assert n.flush(5)  # flush cuts the 30 s gathering short
+    assert time.monotonic() - t0 < 5
+    assert len(receiver.posts) == 1
+    post = receiver.posts[0]
+    records = post["nnwatch"]["digest"]
+    assert len(records) == 26 and records[0]["check"] == "nonfinite_values"
+    assert [r["status"] for r in records].count("resolved") == 1
+    assert post["text"].startswith(":rotating_light: *nnwatch (train.py): 25 new finding(s), 1 resolved*")
+    assert "... and 6 more" in post["text"] and len(post["blocks"]) <= 50
+    n.fired(FINDING)  # a later single message goes out on its own, unchanged
+    assert n.flush(5)
+    assert len(receiver.posts) == 2 and receiver.posts[1]["nnwatch"]["check"] == "dead_units"
     n.close()
 
 
@@ -108,7 +134,7 @@ def test_client_error_is_not_retried():
 
 def test_receiver_down_never_blocks_and_never_logs_the_url(caplog):
     url = f"http://127.0.0.1:{free_port()}/services/T000/B000/SECRETTOKEN"
-    n = Notifier(webhook_url=url, log_findings=True, retries=3, sleep=lambda s: None)
+    n = Notifier(webhook_url=url, log_findings=True, retries=3, sleep=lambda s: None, digest_seconds=0)
     t0 = time.perf_counter()
     for _ in range(50):
         n.fired(FINDING)
@@ -124,7 +150,8 @@ def test_receiver_down_never_blocks_and_never_logs_the_url(caplog):
 def test_full_queue_drops_instead_of_blocking():
     url = f"http://127.0.0.1:{free_port()}/x"
     gate = threading.Event()
-    n = Notifier(webhook_url=url, log_findings=False, max_queue=2, retries=2, sleep=lambda s: gate.wait(5))
+    n = Notifier(webhook_url=url, log_findings=False, max_queue=2, retries=2, sleep=lambda s: gate.wait(5),
+                 digest_seconds=0)
     for _ in range(10):
         n.fired(FINDING)
     assert n.dropped >= 6

@@ -111,7 +111,23 @@ def loss_not_decreasing(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condi
     # Hysteresis: once firing, it takes twice the minimum improvement to resolve (no flapping).
     need = e.th(c, "min_improvement") * (2 if ("loss_not_decreasing", None) in e.incidents.active else 1)
     if improvement < need and dropped < 1 - e.th(c, "near_start"):
-        yield None, last, {"window": w, "improvement": improvement, "start_ratio": last / start if start else 1.0}
+        yield None, last, {"window": w, "improvement": improvement, "start_ratio": last / start if start else 1.0,
+                           **_tight_clipping(s)}
+
+
+TIGHT_CLIP_FACTOR = 0.01
+"""A clip that leaves under 1% of the gradient's norm makes every step 100x shorter than the learning rate says."""
+
+
+def _tight_clipping(s: Snapshot) -> dict[str, str]:
+    """A note and advice when clipping, not the learning rate, is what keeps the steps small."""
+    factor, share = s.grad_clip_factor, s.grad_clipped_fraction
+    if factor is None or share is None or share < 0.8 or factor >= TIGHT_CLIP_FACTOR:
+        return {}
+    return {"note": f"gradients were clipped on {share:.0%} of the recent sampled steps, to {factor:.2g} of their "
+                    f"norm ({s.grad_norm or 0:.3g} before the clip)",
+            "advice": "raise the clipping threshold (max_norm of clip_grad_norm_) or drop the clip: it shrinks "
+                      "every step far below what the learning rate asks for"}
 
 
 def loss_at_init(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:

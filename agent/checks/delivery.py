@@ -1,7 +1,8 @@
 """Delivery of findings without any infrastructure: the job's own log, and an optional Slack-style webhook.
 
-The webhook runs on its own thread: the training thread only puts a message on a bounded queue. Each
-message is retried with exponential backoff; a receiver that is down costs the job nothing. The URL is a
+The webhook runs on its own thread: the training thread only puts a message on a bounded queue. Messages
+that arrive within ``digest_seconds`` of the first one go out as one digest post (a burst of findings is one
+Slack message, not a flood). Each post is retried with exponential backoff; a receiver that is down costs the job nothing. The URL is a
 secret (it carries the token): it is never logged.
 """
 
@@ -65,7 +66,10 @@ class Notifier:
         timeout: float = 5.0,
         max_queue: int = 256,
         sleep: Callable[[float], Any] = time.sleep,
+        digest_seconds: float = 2.0,
     ) -> None:
+        """``digest_seconds``: how long the webhook thread gathers messages after the first of a burst before it
+        posts them together (0: one post per message); ``flush()`` and ``close()`` cut the wait short."""
         self.log_findings = log_findings
         self.job = job
         self.model: Callable[[], str | None] = lambda: None
@@ -73,7 +77,8 @@ class Notifier:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
-        self._webhook = _Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self) if webhook_url else None
+        self._webhook = (_Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self, digest_seconds)
+                         if webhook_url else None)
 
     def fired(self, f: Finding, consequences: str = "", also: Sequence[str] = ()) -> None:
         """A finding started to hold; ``consequences`` lists the findings it explains and ``also`` the other
@@ -106,6 +111,28 @@ class Notifier:
                         "status": "firing" if resolved_at is None else "resolved", "value": f.value},
         }
 
+    def digest(self, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+        """One post for a burst of messages: a line per message (at most DIGEST_LINES) and every message's
+        ``nnwatch`` record under ``nnwatch.digest``."""
+        if len(payloads) == 1:
+            return payloads[0]
+        records = [p["nnwatch"] for p in payloads]
+        firing = sum(r["status"] == "firing" for r in records)
+        job = f" ({self.job})" if self.job else ""
+        worst = next((sev for sev in ("critical", "warning", "info")
+                      if any(r["severity"] == sev and r["status"] == "firing" for r in records)), None)
+        icon = _ICON.get(worst, ":white_check_mark:") if worst else ":white_check_mark:"
+        head = f"{icon} *nnwatch{job}: {firing} new finding(s), {len(records) - firing} resolved*"
+        lines = [p["text"] for p in payloads[:DIGEST_LINES]]
+        if len(payloads) > DIGEST_LINES:
+            lines.append(f"... and {len(payloads) - DIGEST_LINES} more")
+        return {
+            "text": head + "\n" + "\n".join(lines),
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": head}}]
+            + [{"type": "section", "text": {"type": "mrkdwn", "text": _clip(line)}} for line in lines],
+            "nnwatch": {"digest": records},
+        }
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until queued webhook messages are delivered or given up; True when the queue drained."""
         return self._webhook.flush(timeout) if self._webhook is not None else True
@@ -116,10 +143,21 @@ class Notifier:
             self._webhook.close(timeout)
 
 
+DIGEST_LINES = 20
+"""Messages listed one per block in a digest post (Slack allows 50 blocks); the rest are counted."""
+
+
+def _clip(text: str, limit: int = 2900) -> str:
+    """Slack rejects a section text over 3,000 characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class _Webhook:
     def __init__(self, url: str, retries: int, backoff: float, timeout: float, max_queue: int,
-                 sleep: Callable[[float], Any], stats: Notifier) -> None:
+                 sleep: Callable[[float], Any], stats: Notifier, digest_seconds: float) -> None:
         self._url = url
+        self._digest_seconds = digest_seconds
+        self._hurry = threading.Event()  # flush()/close(): post what is gathered now
         self._retries = retries
         self._backoff = backoff
         self._timeout = timeout
@@ -139,12 +177,37 @@ class _Webhook:
     def _run(self) -> None:
         while True:
             payload = self._queue.get()
-            try:
-                if payload is None:
-                    return
-                self._deliver(payload)
-            finally:
+            if payload is None:
                 self._queue.task_done()
+                return
+            batch, stop = self._gather(payload)
+            try:
+                self._deliver(self._stats.digest(batch))
+            finally:
+                for _ in range(len(batch) + stop):
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def _gather(self, first: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """The messages of a burst: those arriving within digest_seconds of the first (stop: close() was asked)."""
+        batch = [first]
+        if self._digest_seconds <= 0:
+            return batch, False
+        deadline = time.monotonic() + self._digest_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            hurry = self._hurry.is_set() or remaining <= 0  # then take only what is already queued
+            try:
+                nxt = self._queue.get_nowait() if hurry else self._queue.get(timeout=min(remaining, 0.05))
+            except queue.Empty:
+                if hurry:
+                    break
+                continue
+            if nxt is None:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
 
     def _deliver(self, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
@@ -176,9 +239,11 @@ class _Webhook:
             log.warning("nnwatch: webhook delivery failed (%s); findings are still logged here", reason)
 
     def flush(self, timeout: float) -> bool:
+        self._hurry.set()
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
+        self._hurry.clear()
         return not self._queue.unfinished_tasks
 
     def close(self, timeout: float) -> None:

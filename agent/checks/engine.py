@@ -152,8 +152,11 @@ class CheckEngine:
             what = check.description.format(**fields)
         except (KeyError, ValueError, TypeError):
             what = f"{check.summary} value={track.value!r}"
+        if track.fields.get("note"):  # what the condition saw that changes the reading (and the advice)
+            what = f"{what}; {track.fields['note']}"
+        advice = track.fields.get("advice") or check.advice
         return Finding(check=check.name, severity=check.severity, module=module, step=track.since,
-                       message=f"{what}. Try: {check.advice}.", value=track.value, runbook_url=check.runbook_url,
+                       message=f"{what}. Try: {advice}.", value=track.value, runbook_url=check.runbook_url,
                        explains=bool(track.fields.get("cause", True)))
 
     # -- stall watcher ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..snapshot import ROOT, LayerStats
 from . import stats
+from .clipping import ClipJudgement, ClipRate, judge
 from .transfer import DeviceBatch
 from .updates import WeightCopies
 
@@ -45,6 +46,9 @@ class ParamTracker:
         self.leftover_refs: list[weakref.ref[Tensor]] = []  # the left-over gradients, until the next step
         self.uncleared_sq: Tensor | None = None
         """Squared norm of the gradients already present when backward reached the output (forgotten zero_grad)."""
+        self.backward_end_sq: list[tuple[list[int], Tensor]] = []  # as backward left them (before any clipping)
+        self.fp16_autocast_seen = False  # float16 autocast ran in a sampled forward (a loss scale is likely)
+        self.clip_rate = ClipRate()
 
     def any_on_cpu(self) -> bool:
         return any(p.ref.is_cpu for p in self.params)
@@ -64,6 +68,29 @@ class ParamTracker:
                 if p.ref.grad is None:
                     missing[p.module] = missing.get(p.module, 0) + 1
             self.params_without_grad = missing
+
+    def capture_backward_end(self) -> None:
+        """Squared gradient norms when a backward ends (an autograd final callback on sampled steps): before
+        clipping or unscaling. The last backward of the step wins (gradient accumulation)."""
+        with torch.no_grad():
+            with_grad = [(i, p.ref.grad) for i, p in self.trainable() if p.ref.grad is not None]
+            self.backward_end_sq = norm_vectors([i for i, _ in with_grad], [g for _, g in with_grad])
+
+    def judge_clipping(self, host: dict, loss_scale: float | None, scaler_watched: bool) -> ClipJudgement | None:
+        """Compare the backward-end and consumed gradient norms (agent.collect.clipping); when clipping shrank
+        them, put the backward-end layer norms (loss scale divided out) in ``host`` in place of the consumed."""
+        ends = {k[1]: v for k, v in host.items() if isinstance(k, tuple) and k[0] == "gb"}
+        if not ends:
+            return None
+        both = [i for i in ends if ("g", i) in host]
+        verdict = judge(math.fsum(ends[i] for i in both), math.fsum(host[("g", i)] for i in both),
+                        loss_scale if scaler_watched else None, self.fp16_autocast_seen and not scaler_watched)
+        self.clip_rate.add(verdict)
+        if verdict is not None and verdict.use_backward_end:
+            divide = verdict.loss_scale ** 2
+            for i, v in ends.items():
+                host[("g", i)] = v / divide
+        return verdict
 
     def measure_uncleared(self) -> None:
         """Gradients present when backward reaches the model's output were not cleared since the last step."""
@@ -129,6 +156,8 @@ class ParamTracker:
             batch.add_vector([("w", i) for i in keys], vector)
         for keys, vector in self.grad_sq:
             batch.add_vector([("g", i) for i in keys], vector)
+        for keys, vector in self.backward_end_sq:
+            batch.add_vector([("gb", i) for i in keys], vector)
         if self.uncleared_sq is not None:
             batch.add("uncleared", self.uncleared_sq)
         self.weight_copy = []
@@ -137,6 +166,7 @@ class ParamTracker:
         """Drop this step's device values (after a sample, or after a failed one)."""
         self.weight_copy = []
         self.grad_sq = []
+        self.backward_end_sq = []
         self.uncleared_sq = None
         self.leftover_refs = []
 

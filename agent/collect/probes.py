@@ -169,6 +169,12 @@ class ActivationProbe:
         self._seen: dict[str, list[tuple[str, ActivationSpec]]] = {}  # their activation calls
         self._functional = False  # an activation call outside an activation module was seen
 
+    def unseen_modules(self) -> list[str]:
+        """Activation modules of the model that no sampled forward of the root module ran (called from outside
+        ``model(...)``, e.g. ``model.decoder(z)`` directly, or not used at all)."""
+        seen = {key.split("#", 1)[0] for key in (*self.sites, *self.dropped_sites)}
+        return sorted(label for label in self.activation_modules if label not in seen)
+
     # -- lifetime of one forward pass -------------------------------------------------------------
     @property
     def active(self) -> bool:

@@ -30,6 +30,8 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
         if amp is not None:
             amp.queue(batch)
         host = batch.fetch()  # the one host-device sync of this sampled step
+        scale = host.get("amp_scale")
+        clip = params.judge_clipping(host, float(scale) if scale is not None else None, amp is not None)
         nonfinite = params.exact_nonfinite(host, trainable)
     nonfinite_step = logged.tripwire.first_step  # read() resets the tripwire
     loss, loss_nonfinite = logged.read(host)
@@ -50,6 +52,8 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
         eval_in_train_forwards=eval_in_train_forwards,
         step_seconds=steps.median_step_seconds(),
         amp_skipped=amp.read(host, steps.step_index) if amp is not None else False,
+        grad_clip_factor=clip.factor if clip is not None else None,
+        grad_clipped_fraction=params.clip_rate.fraction,
     )
 
 

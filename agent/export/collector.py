@@ -152,6 +152,8 @@ class NNWatchCollector:
             yield from self._one("gauge", "nnwatch_global_gradient_norm", "L2 norm of all gradients of the model.", snap.grad_norm)
             yield from self._one("gauge", "nnwatch_global_weight_norm", "L2 norm of all trainable weights of the model.", snap.weight_norm)
             yield from self._one("gauge", "nnwatch_global_update_ratio", "Update L2 norm / weight L2 norm across the last sampled optimizer step (healthy around 1e-3).", snap.update_ratio)
+        yield from self._one("gauge", "nnwatch_gradient_clip_factor", "Gradient L2 norm the last sampled optimizer step consumed / norm when backward ended (1 = untouched, < 1 = clipped; gradient norms are read before clipping).", snap.grad_clip_factor)
+        yield from self._one("gauge", "nnwatch_gradient_clipped_ratio", "Share of the last 20 sampled steps on which clipping shrank the gradients (0..1).", snap.grad_clipped_fraction)
         yield from self._one("gauge", "nnwatch_uncleared_gradient_norm", "L2 norm of gradients already present when the first backward after an optimizer step began (0 when zero_grad ran).", snap.uncleared_grad_norm)
         yield from self._one("gauge", "nnwatch_model_parameters", "Trainable parameter elements of the model.", sum(l.params for l in snap.layers))
         gnf = self._family("gauge", "nnwatch_global_nonfinite_elements", "NaN/Inf elements on the last sampled step, by tensor kind.", ["tensor"])

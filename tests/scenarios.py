@@ -659,6 +659,26 @@ def broken_warmup_peak_too_high():
     return fit(m, opt, attach(m, opt), 200, sched=sched)
 
 
+@scenario("small transformer, AdamW warmed up in 5 steps to 0.3 (100x its healthy peak): the weights are thrown "
+          "out several-fold and the loss settles on a plateau above its start", ("divergence",))
+def broken_adamw_peak_collapses():
+    torch.manual_seed(0)
+    m = TinyTransformer()
+    opt = torch.optim.AdamW(m.parameters(), lr=0.3, weight_decay=0.1)
+    total, warm = 300, 5
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))))
+    mon = attach(m, opt, num_classes=4)
+    for tokens, y in token_batches(total):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(tokens), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        mon.log(loss=loss)
+    return mon
+
+
 @scenario("Adam, a data pipeline bug scrambles the labels of four batches at step 150: the loss jumps",
           ("loss_spike",))
 def broken_bad_batches():

@@ -133,7 +133,8 @@ def test_every_threshold_reaches_an_expression() -> None:
         "loss_not_decreasing.window", "loss_not_decreasing.min_improvement", "loss_not_decreasing.near_start",
         "eval_in_train_mode.quiet_samples", "overfitting.rises", "overfitting.min_rise", "memory_leak.samples",
         "loss_spike.factor", "loss_spike.mads", "loss_spike.history", "loss_spike.min_history",
-        "divergence.growth", "divergence.window", "divergence.min_step_growth", "divergence.loss_rise", "gradients_not_cleared.min_norm",
+        "divergence.growth", "divergence.window", "divergence.min_step_growth", "divergence.loss_rise",
+        "divergence.strong_growth", "divergence.strong_loss_rise", "gradients_not_cleared.min_norm",
         "gradients_not_cleared.match",
         "memory_leak.min_growth_bytes", "memory_leak.rising_fraction",
     }

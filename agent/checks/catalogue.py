@@ -235,13 +235,15 @@ CHECKS: tuple[Check, ...] = (
         name="divergence", severity="warning", scope="model",
         catches="training running away before it turns into NaN (a learning rate, warm-up peak or momentum far "
                 "too high)",
-        signal="global weight norm rising at every sample while the loss climbs away from its best",
+        signal="global weight norm rising at every sample while the loss climbs away from its best (or several-"
+               "fold weight growth while the loss jumps above where it stood)",
         summary="Training is diverging: the weights grow fast while the loss rises.",
         description="global weight norm grew {growth:.1f}x over the last {window} samples to {value:.3g} while the "
                     "mean loss rose from its best {best:.4g} to {loss:.4g}, since step {since}",
         advice="lower the learning rate (or its warm-up peak) or the momentum, clip gradients, check the data "
                "for outliers",
-        thresholds={"growth": 1.5, "window": 3, "min_step_growth": 0.0, "loss_rise": 1.5}, hold=1, warmup=2,
+        thresholds={"growth": 1.5, "window": 3, "min_step_growth": 0.0, "loss_rise": 1.5,
+                    "strong_growth": 3.0, "strong_loss_rise": 1.05}, hold=1, warmup=2,
         prometheus_for="0m",
         seed="003 (a learning rate too high makes the loss explode)",
     ),
@@ -363,6 +365,8 @@ THRESHOLD_DOCS: Mapping[str, str] = MappingProxyType({
     "divergence.window": "samples over which the weight norm must rise at every sample",
     "divergence.min_step_growth": "relative growth of the weight norm at each of those samples (a runaway, not one jump)",
     "divergence.loss_rise": "the loss must be at least this multiple of its best so far",
+    "divergence.strong_growth": "weight-norm growth over the window that is a runaway even when the loss then plateaus",
+    "divergence.strong_loss_rise": "with that growth: the loss peak in the window against its best before the window",
     "memory_leak.samples": "samples in the regression window",
     "memory_leak.min_growth_bytes": "growth over the window that counts as a leak",
     "memory_leak.rising_fraction": "share of sample-to-sample differences that must be positive",

@@ -331,3 +331,25 @@ def test_threshold_overrides():
     for i in range(5):
         eng.evaluate(dead_snap(i, 0.9), mon)
     assert not rec.events
+
+
+def _runaway(norms, losses, initial):
+    eng, rec = engine()
+    mon = fake_monitor(params=SimpleNamespace(initial_weight_norm=initial))
+    for i, (w, loss) in enumerate(zip(norms, losses)):
+        eng.evaluate(snap(i * 10, first_loss=2.3, loss=loss, layers=(layer(weight=w, update=w * 1e-3),)), mon)
+    return [e for e in rec.events if e[1] == "divergence"]
+
+
+def test_divergence_when_the_weights_are_thrown_out_and_the_loss_jumps_then_plateaus():
+    # An LR 100x too high: the first steps multiply the weight norm (attach: 8.9) and the loss jumps from 2.3,
+    # then the weights stop moving and the loss sits on a plateau (a collapsed model): no steady climb.
+    fired = _runaway([32.6, 58.96, 58.955, 58.953, 58.95], [None, 132.0, 2.34, 2.33, 2.32], initial=8.9)
+    assert fired and fired[0][:3] == ("fired", "divergence", None)
+
+
+def test_no_divergence_for_a_tiny_init_that_grows_while_the_loss_falls():
+    fired = _runaway([0.05, 0.2, 0.6, 1.2, 1.5], [None, 2.0, 1.5, 1.1, 0.9], initial=0.01)
+    assert not fired
+    fired = _runaway([10.0, 10.5, 11.0, 11.4, 11.8], [None, 2.5, 2.4, 2.6, 2.5], initial=9.8)  # noisy, no runaway
+    assert not fired

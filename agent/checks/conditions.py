@@ -258,6 +258,7 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         best = min(best, s.first_loss)
     window = int(e.th(c, "window"))
     norms = [h.weight_norm for h in list(e.history)[-(window + 1):]]
+    start = getattr(getattr(m, "params", None), "initial_weight_norm", None)  # at attach, before any update
     far = best > 0 and s.loss >= e.th(c, "loss_rise") * best
     if not norms or norms[-1] is None:
         return
@@ -265,29 +266,41 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     if ("divergence", None) in e.incidents.active:
         # It holds while the loss stays far from its best, or the weights stay several-fold above the smallest
         # norm seen (the runaway has not been undone).
-        low = min((h.weight_norm for h in e.history if h.weight_norm), default=0.0)
+        low = min([h.weight_norm for h in e.history if h.weight_norm] + ([start] if start else []), default=0.0)
         thrown = low > 0 and norms[-1] >= e.th(c, "strong_growth") * low
         if far or thrown:
             yield None, norms[-1], {**fields, "growth": norms[-1] / norms[0] if norms[0] else math.inf}
         return
-    if len(norms) < window + 1 or any(n is None or not math.isfinite(n) or n <= 0 for n in norms):
+    if any(n is None or not math.isfinite(n) or n <= 0 for n in norms):
         return
-    rising = all(b > a * (1 + e.th(c, "min_step_growth")) for a, b in zip(norms, norms[1:]))  # a runaway
-    growth = norms[-1] / norms[0]
-    if far and rising and growth >= e.th(c, "growth"):
-        yield None, norms[-1], {**fields, "growth": growth}
+    if len(norms) == window + 1:
+        rising = all(b > a * (1 + e.th(c, "min_step_growth")) for a, b in zip(norms, norms[1:]))  # a runaway
+        growth = norms[-1] / norms[0]
+        if far and rising and growth >= e.th(c, "growth"):
+            yield None, norms[-1], {**fields, "growth": growth}
+            return
+    # A runaway that the loss survives: an LR far too high throws the weights out several-fold within a few
+    # samples while the loss jumps above where it stood, then settles on a plateau (a collapsed model) instead
+    # of climbing on; the norm need not rise at every sample. Early in the run the norm at attach, before any
+    # update, is the reference. Healthy growth that large (a tiny init filling out) comes with a falling loss.
+    history = list(e.history)
+    early = len(history) <= window + 1 and bool(start)
+    if not early and len(history) < window + 1:
         return
-    # A runaway that the loss survives: an LR peak far too high throws the weights out several-fold within a
-    # few samples while the loss jumps above where it stood and then settles on a plateau (a collapsed model)
-    # instead of climbing on. Healthy growth that large (a tiny init filling out) comes with a falling loss.
-    if rising and growth >= e.th(c, "strong_growth"):
-        window_losses = [v for st, v in e.losses if st > list(e.history)[-(window + 1)].step]
-        before = [v for st, v in e.losses if st <= list(e.history)[-(window + 1)].step]
-        ref = min(before + ([s.first_loss] if s.first_loss is not None and math.isfinite(s.first_loss) else []),
-                  default=None)
-        peak = max(window_losses, default=None)
-        if ref is not None and ref > 0 and peak is not None and peak >= e.th(c, "strong_loss_rise") * ref:
-            yield None, norms[-1], {**fields, "growth": growth, "best": ref, "loss": peak}
+    ref_norm = start if early else norms[0]
+    ref_step = -1 if early else history[-(window + 1)].step
+    series = ([start] if early else []) + norms
+    if not ref_norm:
+        return
+    growth = norms[-1] / ref_norm  # where the weights stand now: thrown out, not merely passing through
+    before = [v for st, v in e.losses if st <= ref_step]
+    if s.first_loss is not None and math.isfinite(s.first_loss):
+        before.append(s.first_loss)
+    ref = min(before, default=None)
+    peak = max((v for st, v in e.losses if st > ref_step), default=None)
+    if growth >= e.th(c, "strong_growth") and ref and ref > 0 and peak is not None \
+            and peak >= e.th(c, "strong_loss_rise") * ref:
+        yield None, norms[-1], {**fields, "growth": growth, "best": ref, "loss": peak, "window": len(series) - 1}
 
 
 def _train_loss_at(e: Any, step: int) -> float | None:

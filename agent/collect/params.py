@@ -49,6 +49,8 @@ class ParamTracker:
         self.backward_end_sq: list[tuple[list[int], Tensor]] = []  # as backward left them (before any clipping)
         self.fp16_autocast_seen = False  # float16 autocast ran in a sampled forward (a loss scale is likely)
         self.clip_rate = ClipRate()
+        self.initial_weight_norm: float | None = None
+        """Global L2 norm of the trainable weights at attach (before the first update), read by constant_layers."""
 
     def any_on_cpu(self) -> bool:
         return any(p.ref.is_cpu for p in self.params)
@@ -235,7 +237,8 @@ class ParamTracker:
         return tuple(layers)
 
     def constant_layers(self) -> tuple[str, ...]:
-        """Layers with a >= 2-D weight of zero spread (a symmetric init that never breaks); read once, at attach."""
+        """Layers with a >= 2-D weight of zero spread (a symmetric init that never breaks); read once, at attach,
+        with the global weight norm before training (``initial_weight_norm``)."""
         found = []
         with torch.no_grad():
             # Frozen weights are left out: a fixed constant filter is deliberate.
@@ -244,12 +247,16 @@ class ParamTracker:
             locals_ = [stats.local_values(p.ref.detach()) for p in candidates]  # a shard's own elements (FSDP)
             candidates = [p for p, t in zip(candidates, locals_) if t.numel() > 1]
             spreads = [(t.amax() - t.amin()).float() for t in locals_ if t.numel() > 1]
-            if spreads:
-                host = DeviceBatch()
-                for k, s in enumerate(spreads):
-                    host.add(k, s)
-                values = host.fetch()  # once, at attach
-                found = [f"{p.module}" for k, p in enumerate(candidates) if values[k] == 0.0]
+            host = DeviceBatch()
+            for k, s in enumerate(spreads):
+                host.add(k, s)
+            trainable = [p.ref for _, p in self.trainable()]
+            for keys, vector in norm_vectors(list(range(len(trainable))), trainable):
+                host.add_vector([("w0", i) for i in keys], vector)
+            values = host.fetch()  # once, at attach
+            found = [f"{p.module}" for k, p in enumerate(candidates) if spreads and values[k] == 0.0]
+            squares = [v for k, v in values.items() if isinstance(k, tuple)]
+            self.initial_weight_norm = _root_sum(squares)
         return tuple(dict.fromkeys(found))
 
     def clear(self) -> None:

@@ -8,8 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .collect.inputs import GraphTokens, InputWatch
+from .collect.lossinputs import LossWatch
 from .collect.params import optimizer_param_ids
 from .collect.steps import batch_size
+
+DATA_CHECKS = ("probabilities_as_logits", "unshuffled_batches", "class_imbalance")
+"""The checks that read the loss calls: when all are skipped, the loss functions are left unwrapped."""
 
 
 class ModelHooks:
@@ -20,6 +25,10 @@ class ModelHooks:
     """
 
     def _install_hooks(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        self.inputs = InputWatch()  # what enters the model on sampled steps
+        self.graphs = GraphTokens()  # graphs of earlier sampled steps still alive
+        skipped = set(self.options.skipped_checks)
+        self.loss_watch = LossWatch(self.guard.call) if not set(DATA_CHECKS) <= skipped else None
         self._handles.append(model.register_forward_pre_hook(self._on_forward_pre, with_kwargs=True))
         self._handles.append(model.register_forward_hook(self._on_forward, always_call=True))
         if optimizer is not None:
@@ -45,8 +54,10 @@ class ModelHooks:
                 # The probe's TorchFunctionMode would be traced by dynamo: off for compiled models.
                 if self._sampled and self.options.activations and not self.compiled and "activations" not in self.guard.disabled:
                     self.guard.call("activations", self.probe.begin)
-                if self._sampled and not self.params.fp16_autocast_seen:
-                    self.params.fp16_autocast_seen = _fp16_autocast()
+                if self._sampled:
+                    if not self.params.fp16_autocast_seen:
+                        self.params.fp16_autocast_seen = _fp16_autocast()
+                    self.guard.call("inputs", self.inputs.observe, args, kwargs)
             elif any(m.training for m in self._train_sensitive):
                 self.eval_in_train_forwards += 1
         except Exception:  # noqa: BLE001
@@ -77,6 +88,9 @@ class ModelHooks:
             if self._sampled and torch.is_grad_enabled():  # read the gradients when this output's backward ends
                 for out in _grad_tensors(output):
                     out.register_hook(self._on_sampled_backward)
+                if self.loss_watch is not None:
+                    self.loss_watch.arm()  # the next loss call is this model's
+                self.guard.call("retained_graphs", self.graphs.plant, output, self.steps.step_index)
             if self.steps.first_forward_pending and torch.is_grad_enabled():
                 self.steps.first_forward_pending = False
                 if self._uncleared_due:  # the step after a sampled one: is its consumed gradient still there?

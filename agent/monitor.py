@@ -29,7 +29,7 @@ from .collect.memory import MemoryReader
 from .collect.params import ParamTracker, optimizer_param_ids
 from .collect.probes import ActivationProbe
 from .collect.steps import StepClock
-from .collect.sample import take_sample
+from .collect.sample import DataWatches, take_sample
 from .config import Options
 from .console import show_agent_logs
 from .notices import (BLIND_SPOT_STEPS, LIVE, log_summary, name_when_several, say_what_is_not_watched,
@@ -210,6 +210,9 @@ class Monitor(ModelHooks):
         log_summary(self)
         self.params.clear()
         self.logged.clear_pending()
+        self.graphs.clear()
+        if self.loss_watch is not None:
+            self.loss_watch.close()
         self._train_sensitive = []
 
     def __enter__(self) -> "Monitor":
@@ -251,7 +254,8 @@ class Monitor(ModelHooks):
         """End of a sampled step: queue every statistic, copy once to the host, build and publish the snapshot."""
         snap = take_sample(self.params, self.logged, self.probe, self.amp, self.memory_reader, self.steps,
                            optimizer_param_ids(opt) if opt is not None else None,
-                           eval_in_train_forwards=self.eval_in_train_forwards, wall=self._wall())
+                           eval_in_train_forwards=self.eval_in_train_forwards, wall=self._wall(),
+                           data=DataWatches(self.inputs, self.loss_watch, self.graphs))
         self.params.reset_step()
         with self._lock:
             self._snapshot = snap

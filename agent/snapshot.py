@@ -94,6 +94,24 @@ class Snapshot:
     nothing shrank the gradients, < 1 when clipping did (the layer norms are then the pre-clip ones)."""
     grad_clipped_fraction: float | None = None
     """Share of the recent sampled steps (agent.collect.clipping.WINDOW) on which clipping shrank the gradients."""
+    input_rms: float | None = None
+    """RMS of the model input's leading samples (float inputs only)."""
+    input_feature_ratio: float | None = None
+    """For a 2-D input: the largest per-feature RMS / the median per-feature RMS."""
+    input_constant: bool | None = None
+    """Every inspected element of the (float) model input is equal (constant or all-zero input)."""
+    input_fingerprint: tuple[float, float, float] | None = None
+    """Exact float64 sums of the input's first elements: equal fingerprints mean the same batch."""
+    loss_input_misuse: str | None = None
+    """The loss function that received probabilities where it expects logits or log-probabilities."""
+    class_counts: tuple[int, ...] | None = None
+    """Labels per class in this sampled batch, as the classification loss received them (padding left out)."""
+    loss_weighted: bool = False
+    """The classification loss was given per-class weights."""
+    retained_graphs: int = 0
+    """Autograd graphs of earlier sampled steps (at least 3 steps back) still alive."""
+    retained_since: int | None = None
+    """Step of the oldest of those graphs."""
 
     def _total(self, attr: str) -> float | None:
         values = [getattr(layer, attr) for layer in self.layers if getattr(layer, attr) is not None]

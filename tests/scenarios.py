@@ -394,6 +394,103 @@ def healthy_seq2seq_transformer():
     return mon
 
 
+@scenario("label smoothing and class weights on a skewed dataset (90% one digit), CrossEntropyLoss module")
+def healthy_label_smoothing_class_weights():
+    torch.manual_seed(0)
+    x, y = imbalanced_digits()
+    weight = torch.bincount(y, minlength=10).float().rsqrt()  # inverse square-root frequency, mean 1
+    loss_fn = nn.CrossEntropyLoss(weight=weight / weight.mean(), label_smoothing=0.1)
+    m = mlp()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    mon = attach(m, opt)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        opt.zero_grad()
+        loss = loss_fn(m(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+@scenario("a balanced sampler (WeightedRandomSampler) over a skewed dataset")
+def healthy_balanced_sampler():
+    torch.manual_seed(0)
+    x, y = imbalanced_digits()
+    weights = (1.0 / torch.bincount(y, minlength=10).float())[y]
+    sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=64 * 200, replacement=True,
+                                                     generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, sampler=sampler)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    mon = attach(m, opt)
+    for xb, yb in loader:
+        opt.zero_grad()
+        loss = F.cross_entropy(m(xb), yb)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+@scenario("sequence tagging with padded batches: cross_entropy(ignore_index=-100) over every token")
+def healthy_padded_sequences():
+    torch.manual_seed(0)
+    vocab = 20
+    m = nn.Sequential(nn.Embedding(vocab, 32), nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, vocab))
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    mon = attach(m, opt, num_classes=vocab)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        tokens = torch.randint(1, vocab, (16, 12), generator=g)
+        lengths = torch.randint(4, 13, (16,), generator=g)
+        pad = torch.arange(12)[None, :] >= lengths[:, None]
+        tokens = tokens.masked_fill(pad, 0)
+        target = ((tokens * 7) % vocab).masked_fill(pad, -100)  # a per-token mapping to learn
+        opt.zero_grad()
+        loss = F.cross_entropy(m(tokens).reshape(-1, vocab), target.reshape(-1), ignore_index=-100)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+@scenario("multi-label classification: BCEWithLogitsLoss on the logits (the sigmoid is inside the loss)")
+def healthy_multilabel_bce():
+    torch.manual_seed(0)
+    m = mlp(d_out=3)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    mon = attach(m, opt, num_classes=None)
+    loss_fn = nn.BCEWithLogitsLoss()
+    for x, y in multilabel_batches(200):
+        opt.zero_grad()
+        loss = loss_fn(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+@scenario("MSE regression on standardised tabular features (digit value from its pixels)")
+def healthy_mse_regression():
+    torch.manual_seed(0)
+    m = mlp(d_out=1)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    return fit(m, opt, attach(m, opt, num_classes=None), 200, loss_fn=F.mse_loss,
+               transform=lambda step, x: (x - 0.3) / 0.4, relabel=lambda step, y: y.float()[:, None] / 10)
+
+
+@scenario("CNN on images normalised per channel (mean/std of the training set)")
+def healthy_cnn_normalised_per_channel():
+    torch.manual_seed(0)
+    m = SmallCNN()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    x, _, _, _ = digits()
+    mean, std = float(x.mean()), float(x.std())
+    return fit(m, opt, attach(m, opt), 150, image=True, transform=lambda step, xb: (xb - mean) / std)
+
+
 @scenario("MLP, SGD with momentum, StepLR stepped once per epoch (x0.1 every 5 epochs of 25 steps)")
 def healthy_epoch_scheduler():
     torch.manual_seed(0)
@@ -501,7 +598,7 @@ def broken_no_zero_grad():
 
 
 @scenario("predictions kept for an epoch metric without detach(): every step's graph survives (seeds/003)",
-          ("memory_leak",))
+          ("graph_retained",))
 def broken_kept_graph_tensors():
     torch.manual_seed(0)
     m = mlp(hidden=1024, depth=2)
@@ -579,7 +676,7 @@ def broken_final_layer_scaled():
     return fit(m, opt, attach(m, opt), 60)
 
 
-@scenario("softmax probabilities passed to cross_entropy, which expects logits (seeds/000)", ("loss_not_decreasing",))
+@scenario("softmax probabilities passed to cross_entropy, which expects logits (seeds/000)", ("probabilities_as_logits",))
 def broken_probabilities_into_cross_entropy():
     torch.manual_seed(0)
     m = nn.Sequential(mlp(), nn.Softmax(dim=1))
@@ -602,12 +699,187 @@ def broken_nan_input():
     return fit(m, opt, attach(m, opt), 120, transform=poison)
 
 
-@scenario("inputs no longer normalised from step 150 on (x500): gradients blow up", ("exploding_gradients",))
+@scenario("inputs no longer normalised from step 150 on (x500): gradients blow up", ("inputs_not_normalized",))
 def broken_unnormalised_inputs():
     torch.manual_seed(0)
     m = mlp()
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
     return fit(m, opt, attach(m, opt), 200, transform=lambda step, x: x * 500 if step >= 150 else x)
+
+
+@scenario("regression whose targets switch units at step 150 (metres to millimetres, x1000): the gradients jump "
+          "a thousandfold", ("exploding_gradients",))
+def broken_targets_change_units():
+    torch.manual_seed(0)
+    m = mlp(d_out=1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    return fit(m, opt, attach(m, opt, num_classes=None), 200, loss_fn=F.mse_loss,
+               relabel=lambda step, y: (y.float()[:, None] / 10) * (1000 if step >= 150 else 1))
+
+
+@scenario("the labels are drawn independently of the inputs (a pipeline bug decouples them): nothing to learn",
+          ("loss_not_decreasing",))
+def broken_labels_decoupled():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    return fit(m, opt, attach(m, opt), 400, relabel=lambda step, y: torch.randint(0, 10, y.shape, generator=g))
+
+
+@scenario("a cache that grows every step (detached features appended to a list): memory, not graphs",
+          ("memory_leak",))
+def broken_growing_cache():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    mon = attach(m, opt)
+    cache = []
+    for x, y in batches(120):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        cache.append(torch.ones(1 << 20))  # 4 MiB a step, no graph
+        mon.log(loss=loss)
+    mon._kept = cache
+    return mon
+
+
+@scenario("softmax outputs passed to nll_loss, which expects log-probabilities", ("probabilities_as_logits",))
+def broken_softmax_into_nll_loss():
+    torch.manual_seed(0)
+    m = nn.Sequential(mlp(), nn.Softmax(dim=1))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    return fit(m, opt, attach(m, opt), 200, loss_fn=F.nll_loss)
+
+
+def multilabel_batches(n: int, batch: int = 64, seed: int = 0):
+    """Multi-label task on digits: is the digit even / at least 5 / one of 0, 3, 6, 9."""
+    for x, y in batches(n, batch, seed):
+        yield x, torch.stack([y % 2 == 0, y >= 5, y % 3 == 0], 1).float()
+
+
+@scenario("multi-label model ending in a sigmoid, trained with BCEWithLogitsLoss", ("probabilities_as_logits",))
+def broken_sigmoid_into_bce_with_logits():
+    torch.manual_seed(0)
+    m = nn.Sequential(mlp(d_out=3), nn.Sigmoid())
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    mon = attach(m, opt, num_classes=None)
+    loss_fn = nn.BCEWithLogitsLoss()
+    for x, y in multilabel_batches(200):
+        opt.zero_grad()
+        loss = loss_fn(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+def sorted_batches(n: int, batch: int = 64, per_class: int = 640):
+    """Digits sorted by label, each class repeated to ``per_class`` examples, read in order without shuffling."""
+    x, y, _, _ = digits()
+    order = torch.argsort(y, stable=True)
+    xs, ys = [], []
+    for k in range(10):
+        idx = order[y[order] == k]
+        reps = idx.repeat(per_class // len(idx) + 1)[:per_class]
+        xs.append(x[reps])
+        ys.append(y[reps])
+    x, y = torch.cat(xs), torch.cat(ys)
+    for i in range(n):
+        start = (i * batch) % len(x)
+        yield x[start:start + batch], y[start:start + batch]
+
+
+@scenario("a dataset sorted by label and read without shuffling: every batch is one digit", ("unshuffled_batches",))
+def broken_sorted_by_label():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    mon = attach(m, opt)
+    for x, y in sorted_batches(200):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+def imbalanced_digits(share: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits where class 0 makes up ``share`` of the examples (its examples repeated)."""
+    x, y, _, _ = digits()
+    zero, rest = (y == 0).nonzero().flatten(), (y != 0).nonzero().flatten()
+    need = int(share * len(rest) / (1 - share))
+    idx = torch.cat([zero.repeat(need // len(zero) + 1)[:need], rest])
+    return x[idx], y[idx]
+
+
+@scenario("90% of the training labels are one digit (a skewed dataset)", ("class_imbalance",))
+def broken_imbalanced_labels():
+    torch.manual_seed(0)
+    x, y = imbalanced_digits()
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    mon = attach(m, opt)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
+
+
+@scenario("raw 0-255 pixel values fed to a CNN (the normalisation transform was left out)",
+          ("inputs_not_normalized",))
+def broken_raw_pixels():
+    torch.manual_seed(0)
+    m = SmallCNN()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
+    return fit(m, opt, attach(m, opt), 120, image=True, transform=lambda step, x: x * 255)
+
+
+@scenario("an all-zero input (a transform that blanks the image)", ("inputs_not_normalized",))
+def broken_zero_inputs():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    return fit(m, opt, attach(m, opt), 120, transform=lambda step, x: torch.zeros_like(x))
+
+
+@scenario("tabular features where one column is in raw units, thousands of times the others' scale",
+          ("inputs_not_normalized",))
+def broken_one_raw_feature():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+
+    def raw(step, x):
+        x = (x - 0.3) / 0.4
+        x[:, 5] = x[:, 5] * 4000 + 30000  # e.g. an income column next to standardised ones
+        return x
+
+    return fit(m, opt, attach(m, opt), 120, transform=raw)
+
+
+@scenario("a data loader stuck on its first batch (the iterator re-created every step)", ("repeated_batches",))
+def broken_repeated_batch():
+    torch.manual_seed(0)
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    mon = attach(m, opt)
+    for _ in range(120):
+        x, y = next(iter(batches(1)))  # the bug: a fresh iterator, so always the first batch
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    return mon
 
 
 # The first updates throw the weight norm out several-fold and the loss jumps: divergence, whose line lists the

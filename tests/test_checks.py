@@ -64,6 +64,8 @@ def test_catalogue_is_complete_and_consistent():
         "loss_not_decreasing", "loss_at_init", "learning_rate_zero", "parameters_without_gradient",
         "weights_not_updating", "update_ratio_out_of_range", "gradients_not_cleared", "eval_in_train_mode",
         "overfitting", "constant_init", "memory_leak", "training_stalled", "loss_spike", "divergence",
+        "probabilities_as_logits", "unshuffled_batches", "class_imbalance", "inputs_not_normalized",
+        "repeated_batches", "graph_retained",
     }
     assert alert_name("dead_units") == "NNWatchDeadUnits"
     assert BY_NAME["nonfinite_values"].severity == "critical" and BY_NAME["training_stalled"].severity == "critical"
@@ -353,3 +355,15 @@ def test_no_divergence_for_a_tiny_init_that_grows_while_the_loss_falls():
     assert not fired
     fired = _runaway([10.0, 10.5, 11.0, 11.4, 11.8], [None, 2.5, 2.4, 2.6, 2.5], initial=9.8)  # noisy, no runaway
     assert not fired
+
+
+def test_no_divergence_for_a_weight_edit_from_outside_the_optimizer():
+    # A bias set to -20 between two steps (a planted fault, a bad checkpoint load): the norm jumps once, no
+    # measured update explains it, then creeps up as training goes on; the loss rises as units die.
+    eng, rec = engine()
+    mon = fake_monitor(params=SimpleNamespace(initial_weight_norm=12.0))
+    norms = [12.3, 12.31, 12.32, 139.0, 139.01, 139.02, 139.03]
+    losses = [None, 0.06, 0.05, 0.12, 0.13, 0.12, 0.13]
+    for i, (w, loss) in enumerate(zip(norms, losses)):
+        eng.evaluate(snap(i * 10, first_loss=2.3, loss=loss, layers=(layer(weight=w, update=w * 1e-3),)), mon)
+    assert not [e for e in rec.events if e[1] == "divergence"]

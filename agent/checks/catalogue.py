@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from .thresholds import THRESHOLD_DOCS
+
 SEVERITIES = ("critical", "warning", "info")
 RUNBOOK_BASE = "https://github.com/nnwatch/nnwatch/blob/main/docs/runbooks.md"
 
@@ -268,6 +270,84 @@ CHECKS: tuple[Check, ...] = (
         prometheus_for="30m", seed="003 (PyTorch: free your memory)",
     ),
     _c(
+        name="probabilities_as_logits", severity="warning", scope="model",
+        catches="a loss that expects logits fed probabilities: softmax before cross_entropy / CrossEntropyLoss or "
+                "nll_loss, sigmoid before BCEWithLogitsLoss",
+        signal="the input of the loss call on sampled steps: every row in [0, 1] summing to 1 (cross_entropy, "
+               "nll_loss), every value in [0, 1] (binary_cross_entropy_with_logits)",
+        summary="The loss receives probabilities where it expects logits.",
+        description="{function} received probabilities ({what}) on consecutive sampled steps, since step {since}",
+        advice="pass the raw scores: drop the softmax/sigmoid before cross_entropy or BCEWithLogitsLoss (they "
+               "apply their own); for nll_loss take log_softmax, not softmax",
+        hold=2, prometheus_for="0m",
+        seed="003 (use log_softmax, not softmax), 002 (verify loss at init)",
+    ),
+    _c(
+        name="unshuffled_batches", severity="warning", scope="model",
+        catches="batches that each hold one class (or a few): a dataset sorted by label and not shuffled",
+        signal="distinct labels per sampled batch against the number a shuffled batch of that size would hold, "
+               "with the dominant label changing between batches",
+        summary="Batches are not shuffled: each holds one class or a few.",
+        description="the last {samples} sampled batches held {distinct} distinct label(s) each where a shuffled "
+                    "batch of {batch} would hold about {expected:.0f} of {classes}, and the dominant label moves "
+                    "from batch to batch, since step {since}",
+        advice="shuffle the training data (DataLoader(..., shuffle=True) or a sampler that mixes classes)",
+        thresholds={"samples": 3, "fraction": 0.125}, hold=1, prometheus_for="0m",
+        seed="002 (become one with the data), 004",
+    ),
+    _c(
+        name="class_imbalance", severity="info", scope="model",
+        catches="labels far from balanced, or classes of the output that never appear in the targets",
+        signal="label counts of the classification loss accumulated over sampled batches",
+        summary="The class labels are far from balanced.",
+        description="{detail} over {labels} labels of {samples} sampled batches, since step {since}",
+        advice="if unintended, check the data and labels; otherwise weight the loss (weight=...), resample, or "
+               "set the final layer's bias to the class prior",
+        thresholds={"ratio": 20.0, "min_labels_per_class": 20.0, "min_samples": 5}, hold=1, prometheus_for="0m",
+        seed="002 (look for data imbalances; init the final bias to the prior)",
+    ),
+    _c(
+        name="inputs_not_normalized", severity="warning", scope="model",
+        catches="inputs far from normalised: raw 0-255 pixels, one feature orders of magnitude larger than the "
+                "others, a constant or all-zero input",
+        signal="RMS of the model's first input tensor, its largest per-feature RMS against the median one (2-D "
+               "inputs), whether every element is equal",
+        summary="The model's input is far from normalised.",
+        description="{detail} on consecutive sampled steps, since step {since}",
+        advice="standardise the inputs (per channel or per feature: subtract the training mean, divide by the "
+               "standard deviation; pixels: scale to [0, 1] then normalise); a constant input is a pipeline bug",
+        thresholds={"rms": 10.0, "feature_ratio": 100.0}, hold=3, prometheus_for="15m",
+        seed="002 (normalise the data; inspect it), 004",
+    ),
+    _c(
+        name="repeated_batches", severity="warning", scope="model",
+        catches="the same batch fed again and again (a data loader stuck on one batch)",
+        signal="an exact fingerprint of the model input, equal on consecutive sampled steps",
+        summary="The same input batch is fed again and again.",
+        description="the model received the identical input batch on the last {value:.0f} sampled steps (steps "
+                    "{first} to {last}), since step {since}",
+        advice="check the data loader (an iterator re-created every step, a cached batch, a sampler that "
+               "returns the same indices); if the run trains full-batch on purpose, skip this check "
+               "(skip_checks='repeated_batches')",
+        thresholds={"samples": 3}, hold=1, prometheus_for="0m",
+        seed="002 (overfit one batch is a test, not the training run)",
+    ),
+    _c(
+        name="graph_retained", severity="warning", scope="model",
+        catches="loss or output tensors kept with their autograd graphs across steps (total_loss += loss, a "
+                "list of losses): memory grows, whatever the size per step",
+        signal="whether the autograd graphs of earlier sampled steps are still alive (a token held only by a "
+               "graph node), at least 3 steps later",
+        summary="Autograd graphs of earlier steps are kept alive.",
+        description="the autograd graphs of {value:.0f} earlier sampled steps are still alive (the oldest from "
+                    "step {oldest}): something keeps the loss or the model outputs with their graphs, since step "
+                    "{since}",
+        advice="accumulate and log loss.item() (or loss.detach()), not the loss tensor; keep detached outputs "
+               "in lists",
+        thresholds={"graphs": 3}, hold=1, prometheus_for="0m",
+        seed="003 (PyTorch: free your memory, use loss.item())",
+    ),
+    _c(
         name="training_stalled", severity="critical", scope="model",
         catches="a hung job (NCCL deadlock, stuck data loader)",
         signal="seconds since the last completed step",
@@ -287,6 +367,19 @@ _EXPLAINS: dict[str, tuple[str, ...]] = {
     "nonfinite_values": ("exploding_gradients", "vanishing_gradients", "dead_units", "saturated_activations",
                          "loss_not_decreasing", "weights_not_updating", "update_ratio_out_of_range",
                          "gradients_not_cleared", "overfitting", "loss_spike", "divergence"),
+    # Kept graphs keep every saved tensor of each step: memory grows.
+    "graph_retained": ("memory_leak",),
+    # A loss applying its own softmax/sigmoid to probabilities: gradients are squashed, the loss barely moves
+    # from its start (and starts where it should not).
+    "probabilities_as_logits": ("loss_at_init", "loss_not_decreasing", "vanishing_gradients",
+                                "saturated_activations"),
+    # One class per batch: each batch pulls the model to its class; the loss jumps at every class change.
+    "unshuffled_batches": ("class_imbalance", "loss_spike", "loss_not_decreasing"),
+    # Inputs orders of magnitude off: pre-activations saturate or explode, steps are far too large.
+    "inputs_not_normalized": ("exploding_gradients", "saturated_activations", "dead_units", "divergence",
+                              "loss_spike", "vanishing_gradients", "update_ratio_out_of_range", "loss_at_init"),
+    # The same batch again and again: the model memorises it, the validation loss rises.
+    "repeated_batches": ("overfitting",),
     # Gradients that pile up step after step act like an ever larger learning rate: units die, the loss stalls.
     "gradients_not_cleared": ("dead_units", "saturated_activations", "loss_not_decreasing", "exploding_gradients",
                               "update_ratio_out_of_range", "loss_spike", "divergence"),
@@ -330,49 +423,6 @@ def explains(cause: str, effect: str, cause_since: int, effect_since: int) -> bo
         return _RANK[cause] < _RANK[effect]
     return True
 
-THRESHOLD_DOCS: Mapping[str, str] = MappingProxyType({
-    "nonfinite_values.min_count": "non-finite elements that fire the check",
-    "nonfinite_values.amp_skipped_steps": "optimizer steps skipped in a row by a watched GradScaler (loss scale collapsing) that fire the check",
-    "exploding_gradients.median_factor": "fire when the global grad norm exceeds this multiple of its rolling median",
-    "exploding_gradients.absolute": "fire when the global grad norm exceeds this value whatever its history",
-    "exploding_gradients.history": "samples in the rolling median",
-    "exploding_gradients.min_history": "samples needed before the median comparison applies",
-    "vanishing_gradients.rms": "RMS gradient (norm / sqrt(elements)) below which a layer gets no signal",
-    "vanishing_gradients.relative": "gradient norm / weight norm below which a layer gets no signal",
-    "dead_units.ratio": "fraction of dead units of an activation that fires the check",
-    "saturated_activations.ratio": "fraction of saturated outputs of an activation that fires the check",
-    "loss_not_decreasing.window": "samples per comparison window",
-    "loss_not_decreasing.min_improvement": "relative improvement between windows below which there is no progress",
-    "loss_not_decreasing.near_start": "the loss must still be above this share of its first window",
-    "loss_at_init.relative": "allowed relative deviation of the first loss from the expected one",
-    "loss_at_init.absolute": "allowed absolute deviation (nats), whichever is larger",
-    "learning_rate_zero.max_lr": "largest learning rate over the param groups counted as zero",
-    "parameters_without_gradient.min_params": "parameter tensors without gradient that fire the check",
-    "weights_not_updating.max_update": "update norm counted as no update",
-    "update_ratio_out_of_range.low": "global update/weight ratio below which updates are too small",
-    "update_ratio_out_of_range.high": "global update/weight ratio above which updates are too large",
-    "gradients_not_cleared.min_norm": "left-over gradient norm above which gradients were not cleared",
-    "gradients_not_cleared.match": "relative difference within which the left-over gradient equals the one the last step consumed",
-    "eval_in_train_mode.min_forwards": "no-grad forwards in train mode that fire the check",
-    "eval_in_train_mode.quiet_samples": "samples without such forwards before the finding resolves",
-    "overfitting.rises": "validation evaluations after the best one that must all stay above it",
-    "overfitting.min_rise": "relative margin above the best validation loss that counts as above it",
-    "loss_spike.factor": "fire when the sample's mean loss exceeds this multiple of the recent median",
-    "loss_spike.mads": "and exceeds the median by this many (scaled) median absolute deviations",
-    "loss_spike.history": "samples in the rolling median",
-    "loss_spike.min_history": "samples needed before the check applies",
-    "divergence.growth": "growth of the global weight norm over the window that counts as running away",
-    "divergence.window": "samples over which the weight norm must rise at every sample",
-    "divergence.min_step_growth": "relative growth of the weight norm at each of those samples (a runaway, not one jump)",
-    "divergence.loss_rise": "the loss must be at least this multiple of its best so far",
-    "divergence.strong_growth": "weight-norm growth over the window that is a runaway even when the loss then plateaus",
-    "divergence.strong_loss_rise": "with that growth: the loss peak in the window against its best before the window",
-    "memory_leak.samples": "samples in the regression window",
-    "memory_leak.min_growth_bytes": "growth over the window that counts as a leak",
-    "memory_leak.rising_fraction": "share of sample-to-sample differences that must be positive",
-    "training_stalled.factor": "fire after this multiple of the median step time without a step",
-    "training_stalled.min_seconds": "but never before this many seconds",
-})
 
 
 def validate_catalogue() -> None:

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 from ..snapshot import Snapshot
 from .catalogue import BY_NAME, Check
+from .data_conditions import (class_imbalance, graph_retained, inputs_not_normalized,  # noqa: F401 (CONDITIONS)
+                              probabilities_as_logits, repeated_batches, unshuffled_batches)
 
 Condition = tuple["str | None", float, dict[str, Any]]
 """(module or None, the number that shows it, extra template fields)"""
@@ -138,6 +140,9 @@ def loss_at_init(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     first = s.first_loss
     if expected is None or first is None or not math.isfinite(first):
         return
+    watch = getattr(m, "loss_watch", None)
+    if e.options.expected_initial_loss is None and getattr(watch, "init_shifted", False):
+        return  # class weights with label smoothing: ln(classes) is not where this loss starts
     allowed = max(e.th(c, "relative") * abs(expected), e.th(c, "absolute"))
     if abs(first - expected) > allowed:
         yield None, first, {"expected": expected, "classes": classes if classes else "?"}
@@ -273,17 +278,17 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         return
     if any(n is None or not math.isfinite(n) or n <= 0 for n in norms):
         return
+    history = list(e.history)
     if len(norms) == window + 1:
         rising = all(b > a * (1 + e.th(c, "min_step_growth")) for a, b in zip(norms, norms[1:]))  # a runaway
         growth = norms[-1] / norms[0]
-        if far and rising and growth >= e.th(c, "growth"):
+        if far and rising and growth >= e.th(c, "growth") and _trained(norms, history[-len(norms) + 1:]):
             yield None, norms[-1], {**fields, "growth": growth}
             return
     # A runaway that the loss survives: an LR far too high throws the weights out several-fold within a few
     # samples while the loss jumps above where it stood, then settles on a plateau (a collapsed model) instead
     # of climbing on; the norm need not rise at every sample. Early in the run the norm at attach, before any
     # update, is the reference. Healthy growth that large (a tiny init filling out) comes with a falling loss.
-    history = list(e.history)
     early = len(history) <= window + 1 and bool(start)
     if not early and len(history) < window + 1:
         return
@@ -293,6 +298,8 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     if not ref_norm:
         return
     growth = norms[-1] / ref_norm  # where the weights stand now: thrown out, not merely passing through
+    if not _trained(series, history[-len(norms):] if early else history[-len(norms) + 1:]):
+        return
     before = [v for st, v in e.losses if st <= ref_step]
     if s.first_loss is not None and math.isfinite(s.first_loss):
         before.append(s.first_loss)
@@ -301,6 +308,17 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     if growth >= e.th(c, "strong_growth") and ref and ref > 0 and peak is not None \
             and peak >= e.th(c, "strong_loss_rise") * ref:
         yield None, norms[-1], {**fields, "growth": growth, "best": ref, "loss": peak, "window": len(series) - 1}
+
+
+
+def _trained(norms: list[float], after: list[Snapshot]) -> bool:
+    """Whether weight norms (``after[k]`` is the sample that ended at ``norms[k + 1]``) grew through training:
+    over at least two samples, or in one sampled optimizer step whose measured update accounts for the jump.
+    One jump between two samples that no update explains is an edit of the weights from outside the optimizer
+    (a reset, a load, a planted bias), not a runaway."""
+    jumps = [(a, b, h) for (a, b), h in zip(zip(norms, norms[1:]), after) if b > 1.1 * a]
+    by_update = any(h.update_ratio is not None and h.update_ratio * b >= 0.5 * (b - a) for a, b, h in jumps)
+    return len(jumps) >= 2 or by_update
 
 
 def _train_loss_at(e: Any, step: int) -> float | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..snapshot import Snapshot
+from .inputs import GraphTokens, InputWatch
+from .lossinputs import LossWatch
 from .logged import LoggedValues
 from .memory import MemoryReader
 from .params import ParamTracker
@@ -16,9 +18,21 @@ from .steps import StepClock
 from .transfer import DeviceBatch
 
 
+class DataWatches(NamedTuple):
+    """What the model and its loss received on the sampled step, and the graphs still alive."""
+
+    inputs: InputWatch
+    loss: LossWatch | None
+    graphs: GraphTokens
+
+
+RETAINED_MIN_AGE = 3
+"""Steps after which a sampled step's graph still being alive means someone keeps it."""
+
+
 def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationProbe, amp: Any,
                 memory: MemoryReader, steps: StepClock, in_optimizer: set[int] | None, *,
-                eval_in_train_forwards: int, wall: float) -> Snapshot:
+                eval_in_train_forwards: int, wall: float, data: DataWatches | None = None) -> Snapshot:
     """The immutable host record of the step now ending (``wall``: its Unix time); one host-device sync,
     plus one more only when a norm came back non-finite (exact NaN/Inf counts)."""
     batch = DeviceBatch()
@@ -29,6 +43,10 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
         sites = probe.queue(batch)
         if amp is not None:
             amp.queue(batch)
+        if data is not None:
+            data.inputs.queue(batch)
+            if data.loss is not None:
+                data.loss.queue(batch)
         host = batch.fetch()  # the one host-device sync of this sampled step
         scale = host.get("amp_scale")
         clip = params.judge_clipping(host, float(scale) if scale is not None else None, amp is not None)
@@ -36,6 +54,11 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
     nonfinite_step = logged.tripwire.first_step  # read() resets the tripwire
     loss, loss_nonfinite = logged.read(host)
     uncleared = host.get("uncleared")
+    seen = InputWatch.read(host) if data is not None else {}
+    batch_rows = data.inputs.shape[0] if data is not None and data.inputs.shape else None
+    misuse, counts, weighted = data.loss.read(host, batch_rows) if data is not None and data.loss is not None \
+        else (None, None, False)
+    retained, retained_since = data.graphs.retained(steps.step_index, RETAINED_MIN_AGE) if data is not None else (0, None)
     return Snapshot(
         step=steps.step_index,
         time=wall,
@@ -54,6 +77,15 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
         amp_skipped=amp.read(host, steps.step_index) if amp is not None else False,
         grad_clip_factor=clip.factor if clip is not None else None,
         grad_clipped_fraction=params.clip_rate.fraction,
+        input_rms=seen.get("rms"),
+        input_feature_ratio=seen.get("feature_ratio"),
+        input_constant=seen.get("constant"),
+        input_fingerprint=seen.get("fingerprint"),
+        loss_input_misuse=misuse,
+        class_counts=counts,
+        loss_weighted=weighted,
+        retained_graphs=retained,
+        retained_since=retained_since,
     )
 
 

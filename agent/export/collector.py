@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import math
 import platform
 import weakref
 from typing import Any, Iterator, Sequence
@@ -155,6 +156,7 @@ class NNWatchCollector:
         yield from self._one("gauge", "nnwatch_gradient_clip_factor", "Gradient L2 norm the last sampled optimizer step consumed / norm when backward ended (1 = untouched, < 1 = clipped; gradient norms are read before clipping).", snap.grad_clip_factor)
         yield from self._one("gauge", "nnwatch_gradient_clipped_ratio", "Share of the last 20 sampled steps on which clipping shrank the gradients (0..1).", snap.grad_clipped_fraction)
         yield from self._one("gauge", "nnwatch_uncleared_gradient_norm", "L2 norm of gradients already present when the first backward after an optimizer step began (0 when zero_grad ran).", snap.uncleared_grad_norm)
+        yield from self._data(snap)
         yield from self._one("gauge", "nnwatch_model_parameters", "Trainable parameter elements of the model.", sum(l.params for l in snap.layers))
         gnf = self._family("gauge", "nnwatch_global_nonfinite_elements", "NaN/Inf elements on the last sampled step, by tensor kind.", ["tensor"])
         for kind in ("gradient", "weight", "activation", "loss"):
@@ -227,6 +229,18 @@ class NNWatchCollector:
         yield used
         yield total
 
+    def _data(self, snap: Any) -> Iterator[Metric]:
+        """What the model and its loss received on the last sampled step (agent.collect.inputs, .lossinputs)."""
+        yield from self._one("gauge", "nnwatch_input_rms", "RMS of the model input's leading samples on the last sampled step (normalised data is about 1).", snap.input_rms)
+        yield from self._one("gauge", "nnwatch_input_feature_scale_ratio", "2-D inputs: largest per-feature RMS / median per-feature RMS on the last sampled step.", snap.input_feature_ratio)
+        if snap.input_constant is not None:
+            yield from self._one("gauge", "nnwatch_input_constant", "1 when every inspected element of the model input was equal on the last sampled step.", float(snap.input_constant))
+        if snap.loss_input_misuse is not None or snap.class_counts is not None:
+            yield from self._one("gauge", "nnwatch_loss_input_probabilities", "1 when the classification loss received probabilities where it expects logits on the last sampled step.", float(snap.loss_input_misuse is not None))
+        if snap.class_counts is not None:
+            yield from self._one("gauge", "nnwatch_batch_distinct_labels", "Distinct class labels in the last sampled batch the classification loss received.", float(sum(1 for v in snap.class_counts if v)))
+        yield from self._one("gauge", "nnwatch_retained_graphs", "Autograd graphs of earlier sampled steps (3+ steps back) still alive: 0 unless something keeps losses or outputs with their graphs.", float(snap.retained_graphs))
+
     def _rank_time(self, m: MetricsSource) -> Iterator[Metric]:
         """Where this rank's step time goes; in DDP the gradient all-reduce makes every rank's step equally
         long, so a straggler shows only in the time spent on its own work."""
@@ -272,9 +286,13 @@ class NNWatchCollector:
 
     def _findings(self, m: MetricsSource, ev: list[str]) -> Iterator[Metric]:
         active = self._family("gauge", "nnwatch_finding_active", "1 while a check is firing for a module (module is empty for model-wide checks).", ["check", "severity", "module"])
+        value = self._family("gauge", "nnwatch_finding_value", "The number behind an active finding, as its log line shows it (module is empty for model-wide checks).", ["check", "module"])
         for f in m.findings:
             active.add_metric([*ev, f.check, f.severity, f.module or ""], 1)
+            if isinstance(f.value, (int, float)) and math.isfinite(f.value):
+                value.add_metric([*ev, f.check, f.module or ""], float(f.value))
         yield active
+        yield value
         engine = m.engine
         if engine is not None:
             total = self._family("counter", "nnwatch_findings", "Findings raised since the process started, by check and severity.", ["check", "severity"])

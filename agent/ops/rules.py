@@ -16,6 +16,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from ..checks.catalogue import BY_NAME, CHECKS, RUNBOOK_BASE
+from .fleet_rules import _fleet_rules
+from .rule_model import COUNT, LAYER, NUM, WHERE, Rule, _finding, _own
 
 Value = float | int | str
 """A threshold or duration: numbers are formatted for PromQL, strings are inserted verbatim."""
@@ -107,40 +109,6 @@ def _number(v: float | int) -> str:
     if f.is_integer() and abs(f) < 1e15:
         return str(int(f))
     return repr(f)
-
-
-# -- description fragments (Prometheus alert templates) --------------------------------------------
-WHERE = "job {{ $labels.job }} on {{ $labels.instance }}{{ with $labels.rank }} (rank {{ . }}){{ end }}"
-"""Where an alert fires: job, instance and, in distributed jobs, the rank."""
-LAYER = "layer {{ $labels.module }} of " + WHERE
-NUM = '{{ printf "%.3g" $value }}'
-"""A measured number (norm, loss, ratio, learning rate) with three significant digits."""
-COUNT = "{{ $value | humanize }}"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One generated alert: its expression and texts are built from a RulesConfig."""
-
-    key: str
-    alert: str
-    severity: str
-    summary: str
-    default_for: str
-    expr: Callable[[RulesConfig], str]
-    description: Callable[[RulesConfig], str]
-    source: str
-    """Which signal the rule reads, and why (written into the generated file's header)."""
-    value: str = NUM
-    """Template of the ``value`` annotation (what the notification shows as the number)."""
-
-
-def _finding(check: str, value_metric: str) -> Callable[[RulesConfig], str]:
-    """The agent's own evaluation (``nnwatch_finding_active``), joined with a metric that shows the number."""
-    def expr(c: RulesConfig) -> str:
-        return (f"{c.m(value_metric)}\n  and ignoring(check, severity, module)\n"
-                f"({c.m('nnwatch_finding_active', f'check={chr(34)}{check}{chr(34)}')} == 1)")
-    return expr
 
 
 def _catalogue_rules() -> list[Rule]:
@@ -258,6 +226,35 @@ def _catalogue_rules() -> list[Rule]:
              lambda c: f"{c.m('nnwatch_constant_weights')} == 1",
              lambda c: f"{LAYER} was initialised with a constant weight (zero spread).",
              "raw: nnwatch_constant_weights (measured once at attach)."),
+        rule("probabilities_as_logits", _own("probabilities_as_logits"),
+             lambda c: f"the classification loss of {WHERE} receives probabilities (softmax or sigmoid outputs) "
+                       "where it expects logits; the job log names the loss function.",
+             "agent finding: the input of the loss call on sampled steps looks like probabilities "
+             "(nnwatch_loss_input_probabilities); the value is 1.", value=COUNT),
+        rule("unshuffled_batches", _own("unshuffled_batches"),
+             lambda c: f"the training batches of {WHERE} each hold only {NUM} distinct label(s): the data is read "
+                       "in label order, not shuffled.",
+             "agent finding: distinct labels per sampled batch against a shuffled batch of that size, with the "
+             "dominant label moving (nnwatch_batch_distinct_labels); the value is the distinct labels per batch."),
+        rule("class_imbalance", _own("class_imbalance"),
+             lambda c: f"the class labels of {WHERE} are far from balanced (ratio or missing classes {NUM}); the "
+                       "job log gives the classes.",
+             "agent finding: label counts accumulated over sampled batches; the value is the most/least frequent "
+             "ratio, or the number of classes that never appear."),
+        rule("inputs_not_normalized", _own("inputs_not_normalized"),
+             lambda c: f"the model input of {WHERE} is far from normalised (value {NUM}: RMS, feature scale ratio, "
+                       "or 0 for a constant input).",
+             "agent finding: nnwatch_input_rms, nnwatch_input_feature_scale_ratio and nnwatch_input_constant held "
+             "over 3 sampled steps; the value is the one that is off."),
+        rule("repeated_batches", _own("repeated_batches"),
+             lambda c: f"{WHERE} received the identical input batch on the last {NUM} sampled steps.",
+             "agent finding: an exact fingerprint of the model input, equal on consecutive sampled steps; the "
+             "value is the number of such samples."),
+        rule("graph_retained", _own("graph_retained"),
+             lambda c: f"{WHERE} keeps the autograd graphs of {NUM} earlier sampled steps alive (loss tensors kept "
+                       "instead of loss.item()).",
+             "agent finding: nnwatch_retained_graphs, graphs of earlier sampled steps still alive 3+ steps later; "
+             "the value is their number."),
         rule("memory_leak", _finding("memory_leak", "nnwatch_host_resident_memory_bytes"),
              lambda c: f"memory of {WHERE} grows steadily every step (host RSS now {{{{ $value | humanize1024 }}}}B); "
                        "the job log says which memory and how fast.",
@@ -274,85 +271,6 @@ def _catalogue_rules() -> list[Rule]:
              value="{{ $value | humanizeDuration }}"),
     ]
 
-
-def _exporter_down(c: RulesConfig) -> str:
-    sel = c.target_selector
-    parts = [f"up{{{sel}}} == 0", f"(up{{{sel}}} == 1 unless on(job, instance) nnwatch_build_info)"]
-    parts += [f'absent(up{{job="{job}"}})' for job in c.expected_jobs]
-    return "\nor\n".join(parts)
-
-
-def _vs_median(c: RulesConfig, series: str) -> str:
-    """The median over the ranks of one run, matched back to each rank."""
-    return f"on({c.run_labels}) group_left\n  quantile by ({c.run_labels}) (0.5, {series})"
-
-
-def _rank_desync(c: RulesConfig) -> str:
-    # The fingerprint is taken at the same step on every rank; latest norms are not (scrapes are not steps).
-    s = c.m("nnwatch_weight_fingerprint", 'rank!=""')
-    return f"abs({s}\n  - {_vs_median(c, s)})\n/ {_vs_median(c, s)}\n> {c.param('rank_desync.tolerance')}"
-
-
-def _straggler(c: RulesConfig) -> str:
-    g, factor = c.run_labels, c.param("straggler_rank.factor")
-    work, step = 'nnwatch:rank_work_seconds:mean5m{rank!=""}', 'nnwatch:step_seconds:mean5m{rank!=""}'
-    return (f"{work}\n  > on({g}) group_left\n  {factor} * quantile by ({g}) (0.5, {work})\nor\n"
-            f"(\n  {step}\n    > on({g}) group_left\n    {factor} * quantile by ({g}) (0.5, {step})\n"
-            f"  unless {work}\n)")
-
-
-def _throughput(c: RulesConfig) -> str:
-    ratio, window = c.param("throughput_drop.ratio"), c.param("throughput_drop.window")
-    samples, steps = "nnwatch:samples_per_second:rate5m", "nnwatch:steps_per_second:rate5m"
-    return (f"{samples} < {ratio} * quantile_over_time(0.5, {samples}[{window}])\nor\n"
-            f"(\n  {steps} < {ratio} * quantile_over_time(0.5, {steps}[{window}])\n  unless {samples}\n)")
-
-
-def _gpu(tier: str) -> Callable[[RulesConfig], str]:
-    def expr(c: RulesConfig) -> str:
-        return (f"{c.m('nnwatch_gpu_memory_used_bytes')} / {c.m('nnwatch_gpu_memory_total_bytes')} "
-                f"> {c.param(f'gpu_memory_near_capacity.{tier}_ratio')}")
-    return expr
-
-
-def _fleet_rules() -> list[Rule]:
-    pct = "{{ $value | humanizePercentage }}"
-    gpu_desc = f"GPU {{{{ $labels.device }}}} of {WHERE} is {pct} full."
-    return [
-        Rule("NNWatchExporterDown", "NNWatchExporterDown", "critical", "The nnwatch exporter of a training job cannot be scraped.",
-             "5m", _exporter_down,
-             lambda c: "{{ if eq $value 0.0 }}Target {{ $labels.instance }} of job {{ $labels.job }} is down (scrapes fail)"
-                       "{{ else }}Job {{ $labels.job }}{{ with $labels.instance }} on {{ . }}{{ end }} serves no nnwatch "
-                       "metrics{{ end }}.",
-             "raw: up == 0 for targets selected by target_selector, or up == 1 without nnwatch_build_info (the "
-             "agent is not attached or serves another port), or up absent for each of expected_jobs.",
-             value="{{ $value }}"),
-        Rule("NNWatchRankDesync", "NNWatchRankDesync", "warning", "The weights of distributed ranks differ.",
-             "10m", _rank_desync,
-             lambda c: f"the weight fingerprint of {WHERE} deviates {pct} from the median of the ranks of its run.",
-             "raw: nnwatch_weight_fingerprint of every rank (the global weight norm taken at the same step on every "
-             "rank) against the median of the ranks of the same run (run_labels).", value=pct),
-        Rule("NNWatchStragglerRank", "NNWatchStragglerRank", "warning", "One rank is much slower than the others.",
-             "15m", _straggler,
-             lambda c: f"{WHERE} needs {{{{ $value | humanizeDuration }}}} per step for its own work, over "
-                       f"{c.param('straggler_rank.factor')}x the median of the ranks of its run.",
-             "raw: recording rule nnwatch:rank_work_seconds:mean5m (forward and input-wait time per step: a rank's "
-             "own work, since in DDP the gradient all-reduce makes every rank's step equally long) against the "
-             "median of the ranks; nnwatch:step_seconds:mean5m where the agent does not export the split.",
-             value="{{ $value | humanizeDuration }}"),
-        Rule("NNWatchThroughputDrop", "NNWatchThroughputDrop", "warning", "Training throughput dropped far below its recent level.",
-             "15m", _throughput,
-             lambda c: f"throughput of {WHERE} fell to {NUM}/s, below "
-                       f"{c.param('throughput_drop.ratio')} of its median over {c.param('throughput_drop.window')}.",
-             "raw: recording rules nnwatch:samples_per_second:rate5m (or steps when samples are not counted) "
-             "against their own median.", value=NUM + "/s"),
-        Rule("NNWatchGPUMemoryNearCapacity", "NNWatchGPUMemoryNearCapacity", "warning", "GPU memory is nearly full.",
-             "15m", _gpu("warning"), lambda c: gpu_desc,
-             "raw: nnwatch_gpu_memory_used_bytes / nnwatch_gpu_memory_total_bytes (NVML, all processes).", value=pct),
-        Rule("NNWatchGPUMemoryNearCapacityCritical", "NNWatchGPUMemoryNearCapacity", "critical", "GPU memory is nearly full.",
-             "5m", _gpu("critical"), lambda c: gpu_desc,
-             "raw: as the warning, at the paging ratio (out of memory is imminent).", value=pct),
-    ]
 
 
 RULES: tuple[Rule, ...] = (*_catalogue_rules(), *_fleet_rules())

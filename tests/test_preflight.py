@@ -332,7 +332,7 @@ def test_the_report_prints_a_table_and_the_error_lists_the_failures(digits):
     report = agent.preflight(ViewMix(), digits, F.cross_entropy, num_classes=10, steps=30)
     text = str(report)
     lines = text.splitlines()
-    assert lines[0].startswith("nnwatch preflight:") and f"in {report.seconds:.1f} s" in lines[0]
+    assert lines[0].startswith("nnwatch preflight:") and f"in {report.seconds:.2f} s" in lines[0]  # the total time
     assert lines[1].split()[:4] == ["check", "verdict", "value", "what"]
     for r in report.results:
         assert any(line.startswith(r.name) and report.verdict(r) in line for line in lines)

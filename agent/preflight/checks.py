@@ -196,7 +196,7 @@ def overfit_one_batch(setup: Setup, inputs: Any, targets: Any, optimizer: torch.
         loss.backward()
         optimizer.step()
     run = OverfitRun(losses[0], losses[-1], len(losses) - 1, time.perf_counter() - started)
-    took = f"{run.steps} steps, {run.seconds:.1f} s"
+    took = f"{run.steps} steps, {run.seconds:.2f} s"
     if not math.isfinite(run.final):
         return PreflightResult(name, False, run.final,
                                f"the loss on {n} examples became {run.final} after {took}. Try: lower the learning "

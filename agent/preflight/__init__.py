@@ -11,6 +11,7 @@ own optimizer; the caller's model, optimizer and random generators are as they w
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .batch import RNGState, batch_size, model_copy, pick_output, regularisation_off, take
+from .batch import RNGState, batch_size, model_copy, pick_output, regularisation_off, take, zeroed
 from .checks import (Setup, batch_independence, gradient_reachability, input_independent_baseline,
                      loss_at_init, overfit_one_batch)
 from .report import CHECK_NAMES, PreflightError, PreflightReport, PreflightResult, SkippedResult
@@ -42,6 +43,7 @@ def preflight(
     overfit_ratio: float = 0.1,
     overfit_target: float | None = None,
     pad_token: int = 0,
+    zero_fn: Callable[[Any], Any] | None = None,
 ) -> PreflightReport:
     """Run the five preflight checks on ``batch = (inputs, targets)``; returns a :class:`PreflightReport`.
 
@@ -61,6 +63,8 @@ def preflight(
     ``overfit_ratio`` / ``overfit_target``: "near zero" is ``overfit_ratio`` times ln(num_classes) for a
     classification, times the initial loss otherwise; ``overfit_target`` sets the value itself.
     ``pad_token``: the token id integer inputs become in the input-independent baseline.
+    ``zero_fn``: builds the input-independent inputs from the inputs instead (default: floating tensors
+    become 0, integer tensors ``pad_token``, boolean masks stay).
     """
     inputs, targets = _validate(model, batch, loss_fn, num_classes, optimizer, steps, examples, overfit_ratio)
     if torch.is_inference_mode_enabled():
@@ -72,7 +76,8 @@ def preflight(
             results, notes, n, size = _run(model, inputs, targets, loss_fn, num_classes=num_classes,
                                            optimizer=optimizer, steps=steps, output_fn=output_fn, examples=examples,
                                            expected=expected_initial_loss, ratio=overfit_ratio,
-                                           overfit_target=overfit_target, pad_token=pad_token)
+                                           overfit_target=overfit_target,
+                                           zero_fn=zero_fn or functools.partial(zeroed, pad_token=pad_token))
     finally:
         rng.restore()
     return PreflightReport(results, time.perf_counter() - started, examples=n, batch_size=size, notes=tuple(notes))
@@ -80,7 +85,7 @@ def preflight(
 
 def _run(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable, *, num_classes: int | None,
          optimizer: Any, steps: int, output_fn: Callable | None, examples: int, expected: float | None,
-         ratio: float, overfit_target: float | None, pad_token: int) -> tuple[list[PreflightResult], list[str], int, int]:
+         ratio: float, overfit_target: float | None, zero_fn: Callable[[Any], Any]) -> tuple[list[PreflightResult], list[str], int, int]:
     notes: list[str] = []
     inner = getattr(model, "module", None) if isinstance(model, _WRAPPERS) else getattr(model, "_orig_mod", None)
     if isinstance(inner, nn.Module):  # DDP/DataParallel or torch.compile: check the plain model inside
@@ -126,7 +131,7 @@ def _run(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable, *, num_
     results["overfit_one_batch"], run = overfit_one_batch(setup, sub_inputs, sub_targets, opt, steps, target,
                                                           target_text, n)
     results["input_independent_baseline"] = input_independent_baseline(setup, sub_inputs, sub_targets, run,
-                                                                       pad_token)
+                                                                       zero_fn)
     return [results[name] for name in CHECK_NAMES], notes, n, size
 
 
@@ -185,8 +190,10 @@ def _optimizer(optimizer: Any, params: list[nn.Parameter], notes: list[str]) -> 
         group = optimizer.param_groups[0]
         accepted = inspect.signature(type(optimizer)).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-        opt = type(optimizer)(params, **{k: group.get(k, v) for k, v in optimizer.defaults.items()
-                                         if takes_any or k in accepted})
+        hyper = {k: group.get(k, v) for k, v in optimizer.defaults.items() if takes_any or k in accepted}
+        if "initial_lr" in group and "lr" in hyper:  # a scheduler's base rate, not where its warm-up starts
+            hyper["lr"] = group["initial_lr"]
+        opt = type(optimizer)(params, **hyper)
     else:
         opt = optimizer(params)
         if not isinstance(opt, torch.optim.Optimizer):

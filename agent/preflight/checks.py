@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks.catalogue import BY_NAME
-from .batch import pick_output, tensors, tree_map, zeroed
+from .batch import pick_output, tree_map
 from .report import PreflightResult, SkippedResult
 
 INDEPENDENCE_TOLERANCE = 1e-6
@@ -227,12 +227,13 @@ def _overfit_hint(losses: list[float], has_graph: bool) -> str:
             "is above 0 (label smoothing, soft targets) pass overfit_target=")
 
 
-def input_independent_baseline(setup: Setup, inputs: Any, targets: Any, run: OverfitRun, pad_token: int) -> PreflightResult:
+def input_independent_baseline(setup: Setup, inputs: Any, targets: Any, run: OverfitRun,
+                               zero_fn: Callable[[Any], Any]) -> PreflightResult:
     """After the overfit run, the loss on zeroed inputs against the loss on the real ones."""
     name = "input_independent_baseline"
     with torch.no_grad():
         real = float(setup.loss(inputs, targets))
-        zero = float(setup.loss(zeroed(inputs, pad_token), targets))
+        zero = float(setup.loss(zero_fn(inputs), targets))
     gain = run.initial - real
     if not (math.isfinite(real) and math.isfinite(run.initial)) or gain <= MIN_GAIN * abs(run.initial):
         return SkippedResult(name, True, zero,

@@ -99,6 +99,16 @@ def test_healthy_cnn_passes_and_the_number_of_classes_is_inferred(digits):
     assert any("num_classes=10 inferred" in n for n in report.notes)
 
 
+def test_classes_are_inferred_only_for_a_cross_entropy_and_the_inputs_get_no_gradient(digits):
+    torch.manual_seed(0)
+    hinge = agent.preflight(mlp(), digits, F.multi_margin_loss, steps=1)  # (N, C) logits, class targets, not a CE
+    assert hinge.skipped[0] == "loss_at_init" and hinge.notes == ()
+    assert "0.1 x the initial loss" in hinge["overfit_one_batch"].message
+    x = digits[0].clone().requires_grad_()
+    agent.preflight(mlp(), (x, digits[1]), F.cross_entropy, steps=1)
+    assert x.grad is None
+
+
 @pytest.mark.parametrize("output", ["dict", "tuple"])
 def test_healthy_transformer_on_tokens_passes(output):
     torch.manual_seed(0)

@@ -18,9 +18,10 @@ import time
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batch import RNGState, batch_size, model_copy, pick_output, regularisation_off, take, zeroed
+from .batch import RNGState, batch_size, model_copy, pick_output, regularisation_off, take, tree_map, zeroed
 from .checks import (Setup, batch_independence, gradient_reachability, input_independent_baseline,
                      loss_at_init, overfit_one_batch)
 from .report import CHECK_NAMES, PreflightError, PreflightReport, PreflightResult, SkippedResult
@@ -93,6 +94,7 @@ def _run(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable, *, num_
         model = inner
     clone = model_copy(model)
     regularisation_off(clone)
+    inputs, targets = tree_map(Tensor.detach, inputs), tree_map(Tensor.detach, targets)  # no gradient reaches them
     setup = Setup(clone, loss_fn, output_fn)
     size = batch_size(inputs)
     n = min(examples, size)
@@ -101,8 +103,8 @@ def _run(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable, *, num_
     out = _call("the model's forward", clone, inputs)
     loss = _first_loss(setup, out, targets, notes)
     first = float(loss.detach())
-    classes = num_classes or _infer_classes(setup.logits(out), targets, notes)
-    source = f"ln({classes})" if classes else "expected_initial_loss"
+    classes = num_classes or _infer_classes(setup.logits(out), targets, first, notes)
+    source = "expected_initial_loss" if expected is not None else f"ln({classes})"
     if expected is None and classes:
         expected = math.log(classes)
     results = {"loss_at_init": loss_at_init(first, expected, source)}
@@ -161,23 +163,29 @@ def _first_loss(setup: Setup, out: Any, targets: Any, notes: list[str]) -> Tenso
     return loss.reshape(())
 
 
-def _infer_classes(logits: Tensor | None, targets: Any, notes: list[str]) -> int | None:
-    """C of an (N, C, ...) or (N, ..., C) output when the targets are class indices of the other dims."""
+def _infer_classes(logits: Tensor | None, targets: Any, first: float, notes: list[str]) -> int | None:
+    """C of an (N, C, ...) or (N, ..., C) output whose integer targets have the other dims, when the first loss
+    is (within 10%) the cross-entropy of that output: a hinge or a sum-reduced loss is left alone."""
     if not (isinstance(logits, Tensor) and isinstance(targets, Tensor) and logits.is_floating_point()
             and not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool
-            and logits.dim() == targets.dim() + 1 and logits.dim() >= 2):
+            and logits.dim() == targets.dim() + 1 and logits.dim() >= 2 and math.isfinite(first)):
         return None
     for dim in (1, -1):
         rest = list(logits.shape)
         classes = rest.pop(dim)
-        if rest == list(targets.shape) and classes >= 2:
-            labelled = targets[targets >= 0]  # ignore_index (-100) marks no class
-            if labelled.numel() and int(labelled.max()) >= classes:
-                return None
-            notes.append(f"num_classes={classes} inferred from the output's shape {tuple(logits.shape)} and integer "
-                         "targets; pass num_classes= (or expected_initial_loss=) if the loss is not a cross-entropy "
-                         "over them")
-            return classes
+        if rest != list(targets.shape) or classes < 2:
+            continue
+        labelled = targets[targets >= 0]  # ignore_index (-100) marks no class
+        if labelled.numel() == 0 or int(labelled.max()) >= classes:
+            return None
+        with torch.no_grad():
+            ce = float(F.cross_entropy(logits.detach().movedim(dim, 1).float(), targets))
+        if not abs(first - ce) <= 0.1 * abs(ce):
+            return None
+        notes.append(f"num_classes={classes} inferred: the first loss is the cross-entropy of the output "
+                     f"{tuple(logits.shape)} against its integer targets; pass num_classes= (or expected_initial_loss=) "
+                     "to say otherwise")
+        return classes
     return None
 
 

@@ -125,7 +125,8 @@ def test_hf_callback_strict_preflight_stops_training(tmp_path):
 
     zero_lr = {"strict": True, "steps": 5, "optimizer": lambda p: torch.optim.SGD(p, lr=0.0)}
     trainer = transformers.Trainer(model=_model(), args=_args(tmp_path, 4, save_strategy="no"),
-                                   train_dataset=Pairs(320, 0), eval_dataset=Pairs(64, 1), callbacks=[NNWatchHFCallback(port=None, preflight=zero_lr)])
+                                   train_dataset=Pairs(320, 0), eval_dataset=Pairs(64, 1),
+                                   callbacks=[NNWatchHFCallback(port=None, preflight=zero_lr)])
     with pytest.raises(agent.PreflightError, match="overfit_one_batch"):
         trainer.train()
     assert trainer.state.global_step == 0

@@ -81,7 +81,8 @@ class NNWatchCallback(Callback):
         batch = trainer.strategy.batch_to_device(first_batch(loaders))
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise TypeError("NNWatchCallback(preflight=...) needs training batches of (inputs, targets); call "
-                            f"agent.preflight(module, (inputs, targets), loss_fn) yourself for a {type(batch).__name__}")
+                            "agent.preflight(module, (inputs, targets), loss_fn) yourself for a "
+                            f"{type(batch).__name__}")
         self.preflight_report = preflight(pl_module, (batch[0], batch[1]), loss_fn, **keywords)
         announce(self.preflight_report, strict, self._console)
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batch import RNGState, batch_size, model_copy, pick_output, regularisation_off, take, tree_map, zeroed
+from .batch import RNGState, batch_size, model_copy, regularisation_off, take, tree_map, zeroed
 from .checks import (Setup, batch_independence, gradient_reachability, input_independent_baseline,
                      loss_at_init, overfit_one_batch)
 from .report import CHECK_NAMES, PreflightError, PreflightReport, PreflightResult, SkippedResult
@@ -86,7 +86,8 @@ def preflight(
 
 def _run(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable, *, num_classes: int | None,
          optimizer: Any, steps: int, output_fn: Callable | None, examples: int, expected: float | None,
-         ratio: float, overfit_target: float | None, zero_fn: Callable[[Any], Any]) -> tuple[list[PreflightResult], list[str], int, int]:
+         ratio: float, overfit_target: float | None,
+         zero_fn: Callable[[Any], Any]) -> tuple[list[PreflightResult], list[str], int, int]:
     notes: list[str] = []
     inner = getattr(model, "module", None) if isinstance(model, _WRAPPERS) else getattr(model, "_orig_mod", None)
     if isinstance(inner, nn.Module):  # DDP/DataParallel or torch.compile: check the plain model inside
@@ -183,8 +184,8 @@ def _infer_classes(logits: Tensor | None, targets: Any, first: float, notes: lis
         if not abs(first - ce) <= 0.1 * abs(ce):
             return None
         notes.append(f"num_classes={classes} inferred: the first loss is the cross-entropy of the output "
-                     f"{tuple(logits.shape)} against its integer targets; pass num_classes= (or expected_initial_loss=) "
-                     "to say otherwise")
+                     f"{tuple(logits.shape)} against its integer targets; pass num_classes= (or "
+                     "expected_initial_loss=) to say otherwise")
         return classes
     return None
 
@@ -219,11 +220,13 @@ def _validate(model: Any, batch: Any, loss_fn: Any, num_classes: Any, optimizer:
     if not isinstance(model, nn.Module):
         raise TypeError(f"preflight() needs the torch.nn.Module to be trained, got {type(model).__name__}")
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise TypeError("batch must be a pair (inputs, targets), as a DataLoader yields it; "
-                        f"got {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+        length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        raise TypeError(f"batch must be a pair (inputs, targets), as a DataLoader yields it; got {type(batch).__name__}"
+                        f"{length}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(model(inputs), targets), got {type(loss_fn).__name__}")
-    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2):
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                    or num_classes < 2):
         raise ValueError(f"num_classes must be an int >= 2 (classes of a cross-entropy loss), got {num_classes!r}")
     if optimizer is not None and not (callable(optimizer) or isinstance(optimizer, torch.optim.Optimizer)):
         raise TypeError("optimizer must be a factory params -> Optimizer (e.g. lambda p: torch.optim.SGD(p, lr=0.1)), "
@@ -236,5 +239,4 @@ def _validate(model: Any, batch: Any, loss_fn: Any, num_classes: Any, optimizer:
     return batch[0], batch[1]
 
 
-__all__ = ["preflight", "PreflightReport", "PreflightResult", "PreflightError", "SkippedResult", "CHECK_NAMES",
-           "pick_output"]
+__all__ = ["preflight", "PreflightReport", "PreflightResult", "PreflightError", "SkippedResult", "CHECK_NAMES"]

@@ -127,7 +127,7 @@ def batch_independence(setup: Setup, inputs: Any, n: int) -> PreflightResult:
                               and out.shape[0] == n):
                 return None
             leaves.append(out.detach().requires_grad_(True))  # replaces the output: gradients stop here
-            where = f"the output of {names[module]} ({type(module).__name__}), as the inputs are not floating point"
+            where = f"the output of {names[module]} ({type(module).__name__}), as the inputs are not floating-point"
             return leaves[-1]
 
         names = {m: (name or type(m).__name__) for name, m in model.named_modules()}
@@ -149,7 +149,8 @@ def batch_independence(setup: Setup, inputs: Any, n: int) -> PreflightResult:
                                                "no_grad in forward?): nothing to compare")
     generator = torch.Generator().manual_seed(0)
     worst, worst_sample, mixed, reached = 0.0, 0, 0, False
-    for i in sorted({0, n // 2, n - 1}):
+    samples = sorted({0, n // 2, n - 1})
+    for i in samples:
         weights = torch.randn(logits[i].shape, generator=generator).to(logits)
         grads = torch.autograd.grad((logits[i] * weights).sum(), leaves, retain_graph=True, allow_unused=True)
         per_sample = torch.zeros(n, dtype=torch.float64)
@@ -169,8 +170,8 @@ def batch_independence(setup: Setup, inputs: Any, n: int) -> PreflightResult:
                                                "(see input_independent_baseline)")
     if worst <= INDEPENDENCE_TOLERANCE:
         return PreflightResult(name, True, worst,
-                               f"in eval mode, the outputs of samples 0, {n // 2} and {n - 1} depend on their own "
-                               f"example only (gradients at {where})")
+                               f"in eval mode, the outputs of samples {', '.join(map(str, samples))} of {n} depend on "
+                               f"their own example only (gradients at {where})")
     return PreflightResult(
         name, False, worst,
         f"in eval mode, the output of sample {worst_sample} depends on {mixed} other example(s) of the batch "

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.helpers import require_module
 
@@ -103,6 +104,15 @@ def test_hf_preflight_helper_uses_the_models_own_loss_and_keeps_the_masks():
     assert torch.equal(zeroed["input_ids"], torch.zeros_like(batch["input_ids"]))
     assert torch.equal(zeroed["attention_mask"], batch["attention_mask"])
     assert torch.equal(zeroed["labels"], batch["labels"])
+    # A loss function of the logits replaces the model's own loss.
+    calls = []
+
+    def loss_fn(logits, labels):
+        calls.append(type(logits))
+        return F.cross_entropy(logits, labels)
+
+    report = preflight(model, _collated(), steps=3, loss_fn=loss_fn)
+    assert calls[-1] is torch.Tensor and report["loss_at_init"].ok
 
 
 def test_hf_callback_preflight_option_runs_on_the_first_batch_and_training_is_unchanged(tmp_path):

@@ -190,6 +190,25 @@ def test_gradient_reachability_fails_for_a_layer_never_called(digits):
     assert "2 got no gradient (extra.weight, extra.bias)" in report["gradient_reachability"].message
 
 
+class DetachedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x):
+        return self.net(x).detach()  # the bug: nothing reaches the loss's graph
+
+
+def test_overfit_fails_for_a_detached_head(digits):
+    torch.manual_seed(0)
+    report = agent.preflight(DetachedHead(), digits, F.cross_entropy, num_classes=10)
+    r = report["overfit_one_batch"]
+    assert not r.ok and "The loss has no gradient" in r.message
+    assert r.value == pytest.approx(report["loss_at_init"].value, rel=0.1)
+    assert report["gradient_reachability"].value == 6 and "no graph at all" in report["gradient_reachability"].message
+    assert report.skipped == ["batch_independence", "input_independent_baseline"]
+
+
 class SoftmaxOut(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -37,7 +37,7 @@ def preflight(model: nn.Module, batch: Mapping[str, Any], *, loss_fn: Callable[[
               **options: Any) -> PreflightReport:
     """:func:`agent.preflight` for a transformers model and one collated batch (``input_ids``, masks, ``labels``).
 
-    The model is called as ``model(**batch)`` and its own ``loss`` is the loss (``loss_fn(output, labels)``
+    The model is called as ``model(**batch)`` and its own ``loss`` is the loss (``loss_fn(logits, labels)``
     replaces it); ``num_classes`` is inferred from the logits and labels (classes or vocabulary); in the
     input-independent baseline ``input_ids`` become the pad token (``config.pad_token_id``, else 0) and
     embeddings/pixel values zeros, while masks and labels are kept. Other keywords go to agent.preflight.
@@ -49,6 +49,7 @@ def preflight(model: nn.Module, batch: Mapping[str, Any], *, loss_fn: Callable[[
     if pad is None:
         pad = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
     options.setdefault("zero_fn", lambda x: _zero_inputs(x, pad))
+    options.setdefault("output_fn", _logits)
     return _preflight(_KeywordCall(model), (inputs, inputs.get("labels")), loss_fn or _own_loss, **options)
 
 
@@ -61,6 +62,10 @@ class _KeywordCall(nn.Module):
 
     def forward(self, inputs: dict[str, Any]) -> Any:
         return self.model(**inputs)
+
+
+def _logits(output: Any) -> Any:
+    return output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", output)
 
 
 def _own_loss(output: Any, labels: Any) -> Tensor:
@@ -94,7 +99,7 @@ class NNWatchHFCallback(TrainerCallback, ExportableState):
 
     def __init__(self, *, preflight: Any = None, **options: Any) -> None:
         resolved = Options.resolve(**options)  # fail fast on a bad option
-        self._console = resolved.console_log
+        self._console, self._num_classes = resolved.console_log, resolved.num_classes
         self._preflight = preflight_option(preflight, loss_fn_required=False)
         self.preflight_report: PreflightReport | None = None
         self.options = options
@@ -128,6 +133,7 @@ class NNWatchHFCallback(TrainerCallback, ExportableState):
 
     def _run_preflight(self, model: nn.Module, loader: Any) -> None:
         keywords, strict = dict(self._preflight[0]), self._preflight[1]
+        keywords.setdefault("num_classes", self._num_classes)
         # accelerate's DataLoaderShard tracks its iterations: read one batch from the plain loader inside it.
         batch = first_batch(getattr(loader, "base_dataloader", loader))
         device = next(model.parameters()).device

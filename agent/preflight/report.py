@@ -95,7 +95,7 @@ class PreflightReport:
         passed = sum(1 for r in self.results if r.ok and r.name not in self.skipped)
         failed = len(self.failures)
         head = (f"nnwatch preflight: {passed} passed, {failed} failed, {len(self.skipped)} skipped "
-                f"in {_seconds(self.seconds)} ({self.examples} of {self.batch_size} examples for the overfit, "
+                f"in {self.seconds:.2f} s ({self.examples} of {self.batch_size} examples for the overfit, "
                 f"batch and baseline checks)")
         width = max(len("check"), *(len(r.name) for r in self.results)) if self.results else len("check")
         rows = [f"{'check':<{width}}  verdict  {'value':>9}  what it found, what to try"]
@@ -112,10 +112,6 @@ class PreflightReport:
     def __repr__(self) -> str:
         verdicts = ", ".join(f"{r.name}={self.verdict(r)}" for r in self.results)
         return f"PreflightReport(ok={self.ok}, {verdicts}, seconds={self.seconds:.2f})"
-
-
-def _seconds(seconds: float) -> str:
-    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def _number(value: float | None) -> str:

@@ -4,6 +4,9 @@
     monitor = agent.attach(model, optimizer)      # hooks in, /metrics served on port 9945
     ...
     monitor.log(loss=loss)                        # no host sync
+
+    report = agent.preflight(model, (x, y), loss_fn, num_classes=10)   # before the long run: the recipe's checks
+    report.raise_if_failed()
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ._version import __version__
 from .checks.findings import Finding
 from .config import _UNSET, DEFAULT_PORT, Options
 from .monitor import Monitor
+from .preflight import PreflightError, PreflightReport, PreflightResult, preflight
 
 
 def attach(
@@ -57,4 +61,5 @@ def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
         )
 
 
-__all__ = ["attach", "Monitor", "Finding", "Options", "DEFAULT_PORT", "__version__"]
+__all__ = ["attach", "Monitor", "Finding", "Options", "DEFAULT_PORT", "__version__", "preflight", "PreflightReport",
+           "PreflightResult", "PreflightError"]

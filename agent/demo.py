@@ -2,6 +2,8 @@
 
 A silent failure is planted (by default: three quarters of the second hidden layer's biases start at -8,
 which kills those ReLUs for good; the loss still goes down and accuracy looks fine, nothing raises). The agent names the layer within a few dozen steps.
+``--preflight`` first runs :func:`agent.preflight` on the model, the first training batch and the demo's
+optimizer, and prints its report (``--fault lr-zero`` fails its overfit check).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def register(sub: Any) -> None:
                    help="seconds to keep serving /metrics after training (default: 30; Ctrl-C ends it)")
     p.add_argument("--sample-every", type=int, default=5, help="heavy statistics every N steps (default: 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preflight", action="store_true",
+                   help="before training, run agent.preflight on the model and the first batch and print its report")
     p.set_defaults(func=run)
 
 
@@ -54,14 +58,18 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             model[2].bias[:96] = -8.0  # the planted fault: 3 of 4 units of layer 2 start (and stay) negative
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    batch = 64
 
     print(f"nnwatch demo: MLP 64-128-128-10 on scikit-learn digits ({len(x_train)} train / {len(x_val)} val), "
           f"planted fault: {args.fault}")
+    if args.preflight:  # on a copy of the model with its own optimizer: training below starts from the same state
+        report = agent.preflight(model, (x_train[:batch], y_train[:batch]), F.cross_entropy, num_classes=10,
+                                 optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9))
+        print(f"{report}\n")
     monitor = agent.attach(model, optimizer, port=args.port, num_classes=10, sample_every=args.sample_every,
                            addr=args.addr)
     if monitor.url:
         print(f"metrics: {monitor.url}")
-    batch = 64
     seen_findings: set[tuple[str, str | None]] = set()
     t0 = time.perf_counter()
     with monitor:

@@ -26,3 +26,16 @@ def test_demo_without_fault_finds_nothing():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "the agent found no problem" in res.stdout, res.stdout + res.stderr
+
+
+def test_demo_preflight_prints_its_report_before_training():
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--preflight", "--fault", "lr-zero", "--hold", "0",
+                          "--steps", "1"], capture_output=True, text=True, timeout=120)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    head = re.search(r"nnwatch preflight: 3 passed, 1 failed, 1 skipped in \d+\.\d\d s", out)  # the time
+    assert head, out
+    assert re.search(r"^overfit_one_batch\s+FAIL\s+2\.\d+\s+the loss on 16 examples went from", out, re.M), out
+    assert "The loss did not move: a learning rate of 0" in out
+    assert re.search(r"^loss_at_init\s+pass", out, re.M) and re.search(r"^batch_independence\s+pass", out, re.M)
+    assert out.index("preflight FAILED") < out.index("step    0")  # the report comes before training

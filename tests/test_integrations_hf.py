@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.helpers import require_module
 
 transformers = require_module("transformers")
 require_module("accelerate")
 
-from agent.integrations.hf import NNWatchHFCallback  # noqa: E402
+from agent.integrations.hf import NNWatchHFCallback, _zero_inputs, preflight  # noqa: E402
 
 
 class Pairs(torch.utils.data.Dataset):
@@ -82,3 +83,60 @@ def test_hf_resume_restores_the_monitor_from_the_checkpoint(tmp_path):
     assert m.step_index == 16
     assert m.first_loss == first_loss  # restored: the resumed, lower loss is not taken for the first one
     assert m.findings == []
+
+
+def _collated(n: int = 32) -> dict[str, torch.Tensor]:
+    ds = Pairs(n, 0)
+    return {k: torch.stack([ds[i][k] for i in range(n)]) for k in ds[0]}
+
+
+def test_hf_preflight_helper_uses_the_models_own_loss_and_keeps_the_masks():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = preflight(model, _collated())
+    assert report.ok, str(report)
+    assert report["loss_at_init"].message.startswith("first loss 0.69")  # ln(2): num_labels inferred from the logits
+    assert "bert.embeddings.word_embeddings (Embedding)" in report["batch_independence"].message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # The baseline turns input_ids into the pad token and keeps the attention mask and the labels.
+    batch = _collated(4)
+    zeroed = _zero_inputs(batch, 0)
+    assert torch.equal(zeroed["input_ids"], torch.zeros_like(batch["input_ids"]))
+    assert torch.equal(zeroed["attention_mask"], batch["attention_mask"])
+    assert torch.equal(zeroed["labels"], batch["labels"])
+    # A loss function of the logits replaces the model's own loss.
+    calls = []
+
+    def loss_fn(logits, labels):
+        calls.append(type(logits))
+        return F.cross_entropy(logits, labels)
+
+    report = preflight(model, _collated(), steps=3, loss_fn=loss_fn)
+    assert calls[-1] is torch.Tensor and report["loss_at_init"].ok
+
+
+def test_hf_callback_preflight_option_runs_on_the_first_batch_and_training_is_unchanged(tmp_path):
+    weights = []
+    for option in (None, True):
+        model = _model()
+        trainer = transformers.Trainer(model=model, args=_args(tmp_path, 4, save_strategy="no"),
+                                       train_dataset=Pairs(320, 0), eval_dataset=Pairs(64, 1),
+                                       callbacks=[NNWatchHFCallback(port=None, preflight=option)])
+        trainer.train()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    cb = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NNWatchHFCallback))
+    assert cb.preflight_report is not None and cb.preflight_report.ok, str(cb.preflight_report)
+    assert cb.preflight_report.batch_size == 16  # per_device_train_batch_size
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_hf_callback_strict_preflight_stops_training(tmp_path):
+    import agent
+
+    zero_lr = {"strict": True, "steps": 5, "optimizer": lambda p: torch.optim.SGD(p, lr=0.0)}
+    trainer = transformers.Trainer(model=_model(), args=_args(tmp_path, 4, save_strategy="no"),
+                                   train_dataset=Pairs(320, 0), eval_dataset=Pairs(64, 1),
+                                   callbacks=[NNWatchHFCallback(port=None, preflight=zero_lr)])
+    with pytest.raises(agent.PreflightError, match="overfit_one_batch"):
+        trainer.train()
+    assert trainer.state.global_step == 0

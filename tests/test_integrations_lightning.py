@@ -84,6 +84,50 @@ def test_lightning_resume_continues_the_monitor(tmp_path):
     assert second.monitor.findings == []
 
 
+class DetachedClassifier(Classifier):
+    def forward(self, x):
+        return self.net[2](self.net[1](self.net[0](x)).detach())  # the first layer never learns
+
+
+def _shuffled(seed: int) -> DataLoader:
+    x, y = Teacher(seed=seed).batch(32 * 8)
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+
+
+def test_lightning_preflight_option_runs_before_training_and_changes_nothing(tmp_path, caplog):
+    weights = []
+    for preflight in (None, F.cross_entropy):
+        torch.manual_seed(0)
+        module = Classifier()
+        cb = NNWatchCallback(port=None, num_classes=4, preflight=preflight)
+        _trainer(tmp_path, [cb], 6, enable_checkpointing=False).fit(module, _shuffled(0), _loader(1))
+        weights.append([p.detach().clone() for p in module.parameters()])
+    report = cb.preflight_report
+    assert report is not None and report.ok, str(report)
+    assert report["loss_at_init"].message.endswith("expected ln(4) = 1.386 ± 0.5")  # num_classes from the callback
+    assert "nnwatch preflight: 5 passed" in caplog.text
+    # Same shuffled batches, same weights: preflight ran on a copy and put the random generators back.
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_lightning_strict_preflight_stops_a_broken_module_before_its_first_step(tmp_path):
+    import agent
+
+    torch.manual_seed(0)
+    cb = NNWatchCallback(port=None, preflight={"loss_fn": F.cross_entropy, "strict": True, "steps": 20})
+    with pytest.raises(agent.PreflightError, match="gradient_reachability") as err:
+        _trainer(tmp_path, [cb], 6, enable_checkpointing=False).fit(DetachedClassifier(), _loader(0), _loader(1))
+    assert "net.0.weight, net.0.bias" in str(err.value)
+    assert cb.monitor is None  # training never started
+
+
+def test_lightning_preflight_option_is_checked_when_the_callback_is_built():
+    with pytest.raises(ValueError, match="needs the loss"):
+        NNWatchCallback(port=None, preflight=True)
+    with pytest.raises(ValueError, match="unknown preflight option"):
+        NNWatchCallback(port=None, preflight={"loss_fn": F.cross_entropy, "stepz": 5})
+
+
 def test_core_never_imports_frameworks():
     import subprocess
     import sys

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # lowest first: a module imports 
     ("collect", ("agent.collect",)),  # hooks' device statistics, the one transfer, step bookkeeping
     ("consume", ("agent.checks", "agent.export")),  # read snapshots: findings; Prometheus
     ("monitor", ("agent.monitor", "agent.hooks", "agent.state", "agent.notices")),  # owns the hooks and the step loop
+    ("preflight", ("agent.preflight",)),  # the recipe's checks on a copy of the model, before training
     ("api", ("agent",)),  # attach() and the public names
     ("ops", ("agent.ops",)),  # generators from the catalogue, apart from the runtime
     ("entry", ("agent.cli", "agent.demo", "agent.integrations")),

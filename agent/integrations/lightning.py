@@ -5,6 +5,9 @@ validation loss from the logged metric ``val_loss_key``, learning rates and step
 optimizer's own hooks, a ``16-mixed`` GradScaler is watched, and the monitor's state is saved in and
 restored from Lightning checkpoints. Works with ``lightning`` (``lightning.pytorch``) and the older
 ``pytorch_lightning`` package.
+
+``NNWatchCallback(preflight=F.cross_entropy)`` first runs :func:`agent.preflight` on the module and the first
+training batch ``(inputs, targets)`` when training starts, and logs its report.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch
 
 from ..config import Options
 from ..monitor import Monitor
+from ..preflight import PreflightReport, preflight
+from ..preflight.option import announce, first_batch, preflight_option
 
 try:
     from lightning.pytorch import Callback
@@ -26,21 +31,30 @@ class NNWatchCallback(Callback):
     """Attaches an nnwatch Monitor when training starts and closes it when training ends.
 
     ``val_loss_key``: the name your ``validation_step`` logs its loss under (``self.log("val_loss", ...)``).
+    ``preflight``: a loss function ``loss_fn(module(inputs), targets)`` (or a dict of :func:`agent.preflight`
+    keywords with ``loss_fn``, plus ``strict=True`` to stop before training when a check fails): run
+    preflight on the first training batch ``(inputs, targets)`` when training starts; the report is logged
+    and kept in ``preflight_report``. ``num_classes`` is shared with the monitor.
     Other keyword arguments are :func:`agent.attach` options (``port``, ``num_classes``, ``sample_every``...).
     """
 
-    def __init__(self, *, val_loss_key: str = "val_loss", **options: Any) -> None:
+    def __init__(self, *, val_loss_key: str = "val_loss", preflight: Any = None, **options: Any) -> None:
         super().__init__()
-        Options.resolve(**options)  # fail fast on a bad option, before any training starts
+        resolved = Options.resolve(**options)  # fail fast on a bad option, before any training starts
+        self._console, self._num_classes = resolved.console_log, resolved.num_classes
+        self._preflight = preflight_option(preflight, loss_fn_required=True)
         self.val_loss_key = val_loss_key
         self.options = options
         self.monitor: Monitor | None = None
+        self.preflight_report: PreflightReport | None = None
         self._pending_state: dict[str, Any] | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Fires once the optimizers exist and a checkpoint (if any) was restored: attach here."""
+        """Fires once the optimizers exist and a checkpoint (if any) was restored: preflight, then attach."""
         import agent
 
+        if self._preflight is not None and self.preflight_report is None and not trainer.global_step:
+            self._run_preflight(trainer, pl_module)
         if self.monitor is not None:
             self.monitor.close()
         optimizers = getattr(trainer, "optimizers", None) or []
@@ -54,6 +68,23 @@ class NNWatchCallback(Callback):
             self._pending_state = None
         elif trainer.global_step:
             self.monitor.step_index = int(trainer.global_step)
+
+    def _run_preflight(self, trainer: Any, pl_module: Any) -> None:
+        keywords, strict = dict(self._preflight[0]), self._preflight[1]
+        loss_fn = keywords.pop("loss_fn")
+        keywords.setdefault("num_classes", self._num_classes)
+        loaders = trainer.train_dataloader
+        if isinstance(loaders, dict):
+            loaders = next(iter(loaders.values()))
+        elif isinstance(loaders, (list, tuple)):
+            loaders = loaders[0]
+        batch = trainer.strategy.batch_to_device(first_batch(loaders))
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise TypeError("NNWatchCallback(preflight=...) needs training batches of (inputs, targets); call "
+                            "agent.preflight(module, (inputs, targets), loss_fn) yourself for a "
+                            f"{type(batch).__name__}")
+        self.preflight_report = preflight(pl_module, (batch[0], batch[1]), loss_fn, **keywords)
+        announce(self.preflight_report, strict, self._console)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Fires after each training batch: log its loss (a device tensor, no sync)."""

@@ -164,3 +164,14 @@ def test_graphs_kept_across_steps_are_found_whatever_their_size():
         total += loss.item()
     healthy.close()
     assert healthy.snapshot.retained_graphs == 0 and not healthy.history
+
+
+def test_a_compiled_loss_traces_through_the_wrapper_without_a_graph_break():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = agent.attach(model, opt, port=None, sample_every=1)
+    x, y = torch.randn(16, 8), torch.arange(16) % 4
+    out = model(x)  # a sampled forward: the watch is armed
+    compiled = torch.compile(lambda o, t: F.cross_entropy(o, t), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(out, y), F.cross_entropy(out, y))
+    mon.close()

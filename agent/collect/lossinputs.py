@@ -128,9 +128,10 @@ class LossWatch:
 def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def watched(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
-        watch = _last() if _last is not None else None
-        if watch is not None and watch.armed and not torch.compiler.is_compiling():
-            watch._guard_call("loss_input", watch.inspect, name, input, target, kwargs)
+        if not torch.compiler.is_compiling():  # traced by dynamo: pass straight through
+            watch = _last() if _last is not None else None
+            if watch is not None and watch.armed:
+                watch._guard_call("loss_input", watch.inspect, name, input, target, kwargs)
         return original(input, target, *args, **kwargs)
 
     watched.__nnwatch_original__ = original  # type: ignore[attr-defined]

@@ -49,9 +49,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(prog="nnwatch", description="Watch PyTorch training jobs for silent failures.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"nnwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gen = sub.add_parser("generate", help="regenerate committed artefacts (alert rules, dashboards, chart copies)")
     gen.add_argument("--root", help="repository root to write into (default: this checkout)")
     gen.set_defaults(func=_generate)
@@ -61,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:  # a bare `nnwatch`: say what it can do
+        parser.print_help()
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     return int(args.func(args) or 0)

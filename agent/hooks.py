@@ -46,6 +46,7 @@ class ModelHooks:
         t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         training = False
         try:
+            self.probe.end_if_interrupted()  # a KeyboardInterrupt skipped the last forward's hook
             if torch.is_grad_enabled():
                 training = True
                 self.steps.forwards += 1

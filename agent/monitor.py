@@ -58,6 +58,7 @@ class Monitor(ModelHooks):
         self._wall = wall
         # DDP / torch.compile wrappers: layer names from the inner module, hooks where they run eagerly.
         model, hook_target, self.compiled = unwrap(model)
+        _refuse_second_monitor(model)
         self.rank = RankInfo.from_env()
         self.sharded = is_sharded(model)
         self.per_module = exports_per_module(options.per_module_ranks, self.rank, self.sharded)
@@ -268,6 +269,14 @@ class Monitor(ModelHooks):
         self._overhead_mark = (agent_s, step_s)
         if self.engine is not None:
             self.guard.call("checks", self.engine.evaluate, snap, self)
+
+
+def _refuse_second_monitor(model: nn.Module) -> None:
+    """Two monitors on one model would hook it twice and count every step twice: name the first one."""
+    for other in list(LIVE):
+        if not other._closed and other._model_ref() is model:
+            raise ValueError(f"this {type(model).__name__} is already watched by {other!r} (name {other.name!r}); "
+                             "use that monitor, or call its close() before attaching again")
 
 
 def _check_engine(monitor: Monitor, options: Options) -> CheckEngine | None:

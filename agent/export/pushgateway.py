@@ -5,6 +5,8 @@ The group is ``job`` / ``instance`` (host name) / ``rank``; each push replaces t
 gateway holds the latest values of each rank. The Pushgateway never forgets a group by itself: delete
 finished groups (``DELETE /metrics/job/<job>/...``) or let a retention job do it.
 An unreachable gateway costs one log line per outage; training never waits on it for more than ``timeout``.
+Credentials in the URL (``https://user:password@gateway:9091``) are sent as HTTP basic auth and never shown:
+log lines, reprs and errors carry the URL with ``***`` for the password.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import logging
 import socket
 import threading
 import weakref
+from typing import Any
+
 from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from ..collect.distributed import RankInfo
 from ..config import Options
+from ..redact import redact_text, redact_url, split_credentials
 from .collector import NNWatchCollector
 from .source import MetricsSource
 
@@ -28,7 +34,9 @@ class Pusher:
 
     def __init__(self, monitor: MetricsSource, options: Options, *, timeout: float = 5.0) -> None:
         assert options.pushgateway_url
-        self.url = options.pushgateway_url.rstrip("/")
+        self.url, self._user, self._password = split_credentials(options.pushgateway_url.rstrip("/"))
+        self.shown_url = redact_url(options.pushgateway_url.rstrip("/"))
+        """The URL as logs show it: the password replaced by ``***``."""
         self.job = options.job or _script_job()
         info = RankInfo.from_env()
         self.grouping_key = {"instance": socket.gethostname()}
@@ -52,23 +60,32 @@ class Pusher:
         """Push now; returns whether the gateway accepted it. Never raises."""
         try:
             push_to_gateway(self.url, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
-                            timeout=self.timeout)
+                            timeout=self.timeout, handler=self._handler)
         except Exception as exc:  # noqa: BLE001 - a gateway outage must not reach the training job
             self.failures += 1
             if not self._failing:
                 self._failing = True
                 log.warning("nnwatch: cannot push metrics to the Pushgateway at %s (%s); training continues, "
-                            "will retry", self.url, exc)
+                            "will retry", self.shown_url, redact_text(str(exc), self._password))
             guard = self._guard()
             if guard is not None:
                 with guard._lock:
                     guard.errors["pushgateway"] += 1
             return False
         if self._failing:
-            log.info("nnwatch: pushing metrics to %s works again", self.url)
+            log.info("nnwatch: pushing metrics to %s works again", self.shown_url)
         self._failing = False
         self.pushes += 1
         return True
+
+    def _handler(self, url: str, method: str, timeout: float | None, headers: list, data: bytes) -> Any:
+        """prometheus_client's request handler: basic auth when the URL carried credentials."""
+        if self._user is None:
+            return default_handler(url, method, timeout, headers, data)
+        return basic_auth_handler(url, method, timeout, headers, data, self._user, self._password or "")
+
+    def __repr__(self) -> str:
+        return f"<nnwatch Pusher {self.shown_url} job={self.job!r} pushes={self.pushes} failures={self.failures}>"
 
     def _loop(self, interval: float) -> None:
         while not self._stop.wait(interval):

@@ -17,8 +17,12 @@ from agent.config import Options
 from agent.redact import redact_url, split_credentials
 
 
+_MODELS: list[nn.Module] = []  # the monitor holds its model weakly: keep them alive for the test
+
+
 def _attach(**options):
-    return agent.attach(nn.Linear(3, 3), port=None, native=False, **options)
+    _MODELS.append(nn.Linear(3, 3))
+    return agent.attach(_MODELS[-1], port=None, native=False, **options)
 
 
 # -- booleans ---------------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def test_urls_are_shown_without_their_secrets():
 
 def test_the_webhook_url_never_shows_in_reprs():
     token = "T000/B000/XXXXsecretXXXX"
-    with agent.attach(nn.Linear(2, 2), port=None, native=False, webhook_url=f"http://127.0.0.1:9/services/{token}") as mon:
+    with _attach(webhook_url=f"http://127.0.0.1:9/services/{token}") as mon:
         for text in (repr(mon.options), str(mon.options), repr(mon)):
             assert "XXXXsecretXXXX" not in text
         assert "webhook_url='http://127.0.0.1:9/***'" in repr(mon.options)
@@ -173,7 +177,7 @@ def gateway():
 
 def test_pushgateway_credentials_in_the_url_are_sent_as_basic_auth(gateway):
     url = f"http://bob:pa55%3Aword@127.0.0.1:{gateway}"
-    mon = agent.attach(nn.Linear(2, 2), port=None, native=False, pushgateway_url=url, job="auth")
+    mon = _attach(pushgateway_url=url, job="auth")
     mon.close()  # the final push
     assert mon.pusher.pushes == 1 and mon.pusher.failures == 0
     assert _Gateway.seen[-1][0].startswith("/metrics/job/auth")
@@ -182,8 +186,7 @@ def test_pushgateway_credentials_in_the_url_are_sent_as_basic_auth(gateway):
 
 def test_a_refused_pushgateway_password_is_not_logged(gateway, caplog):
     caplog.set_level(logging.INFO, logger="nnwatch")
-    mon = agent.attach(nn.Linear(2, 2), port=None, native=False, job="auth",
-                       pushgateway_url=f"http://bob:wrongpassword@127.0.0.1:{gateway}")
+    mon = _attach(job="auth", pushgateway_url=f"http://bob:wrongpassword@127.0.0.1:{gateway}")
     mon.close()
     assert mon.pusher.failures == 1
     lines = [r.getMessage() for r in caplog.records if "Pushgateway" in r.getMessage()]

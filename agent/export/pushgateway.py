@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import weakref
 from typing import Any
 
 from prometheus_client import CollectorRegistry, push_to_gateway
-from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from ..collect.distributed import RankInfo
 from ..config import Options
+from ..post import Request
 from ..redact import redact_text, redact_url, split_credentials
 from .collector import NNWatchCollector
 from .source import MetricsSource
@@ -50,6 +51,8 @@ class Pusher:
         self.failures = 0
         self._failing = False
         self._stop = threading.Event()
+        self._request = Request()  # close() aborts a push under way
+        self._deadline = float("inf")  # close(): the final push ends by then
         self._thread: threading.Thread | None = None
         if options.push_interval:
             self._thread = threading.Thread(target=self._loop, args=(float(options.push_interval),),
@@ -79,10 +82,13 @@ class Pusher:
         return True
 
     def _handler(self, url: str, method: str, timeout: float | None, headers: list, data: bytes) -> Any:
-        """prometheus_client's request handler: basic auth when the URL carried credentials."""
-        if self._user is None:
-            return default_handler(url, method, timeout, headers, data)
-        return basic_auth_handler(url, method, timeout, headers, data, self._user, self._password or "")
+        """prometheus_client's request handler: one request with a total deadline (``timeout`` seconds for the
+        whole push, however slowly the gateway answers), basic auth from the URL's credentials, abortable."""
+        def send() -> None:
+            end = min(time.monotonic() + (timeout or self.timeout), self._deadline)
+            auth_url = url if self._user is None else _with_credentials(url, self._user, self._password)
+            self._request.send(method, auth_url, data, headers, deadline=end)
+        return send
 
     def __repr__(self) -> str:
         return f"<nnwatch Pusher {self.shown_url} job={self.job!r} pushes={self.pushes} failures={self.failures}>"
@@ -91,13 +97,29 @@ class Pusher:
         while not self._stop.wait(interval):
             self.push()
 
-    def close(self) -> None:
-        """Stop the periodic thread and push the final state once."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the periodic thread and push the final state once, within ``timeout`` seconds in all."""
+        end = time.monotonic() + timeout
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.timeout + 1)
+            self._thread.join(timeout=max(0.0, min(0.05, end - time.monotonic())))
+            if self._thread.is_alive():  # a periodic push hangs: abort it
+                self._request.abort()
+                self._request = Request()
+                self._thread.join(timeout=max(0.0, end - time.monotonic()))
             self._thread = None
+        self._deadline = end
         self.push()
+        self._request.abort()  # nothing may be left sending
+
+
+def _with_credentials(url: str, user: str, password: str | None) -> str:
+    """``url`` with ``user:password@`` again (agent.post turns it into a basic-auth header)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    userinfo = urllib.parse.quote(user, safe="") + (":" + urllib.parse.quote(password, safe="") if password is not None else "")
+    return urllib.parse.urlunsplit((parts.scheme, f"{userinfo}@{parts.netloc}", parts.path, parts.query, parts.fragment))
 
 
 def _script_job() -> str:

@@ -35,6 +35,10 @@ class Options:
     """Path of a PEM certificate; with ``tls_key`` /metrics is served over HTTPS."""
     tls_key: str | None = None
     """Path of the PEM private key matching ``tls_cert``."""
+    web_config: str | None = None
+    """Path of an exporter-toolkit web configuration file (node_exporter's ``--web.config.file``): TLS
+    (``tls_server_config``) and basic auth with bcrypt hashes (``basic_auth_users``) for /metrics. ``tls_cert``
+    and ``tls_key`` are a shortcut for its TLS part; give one or the other. Env: ``NNWATCH_WEB_CONFIG``."""
     sample_every: int = 10
     """Heavy statistics (norms, update ratios, activations) are computed every this many steps; with an
     overhead budget this is the shortest interval."""
@@ -173,6 +177,12 @@ class Options:
                 raise ValueError(f"{name} file not found: {path!r}")
         if self.tls_cert is not None and self.tls_key is not None:
             _check_tls(self.tls_cert, self.tls_key)
+        if self.web_config is not None:
+            from .webconfig import load
+
+            if self.tls_cert is not None:
+                raise ValueError("give TLS either in web_config (tls_server_config) or as tls_cert/tls_key, not both")
+            load(str(self.web_config))
         if self.thresholds is not None:
             if not isinstance(self.thresholds, dict):
                 raise TypeError("thresholds must be a dict like {'dead_units.ratio': 0.3} or a string like "

@@ -42,6 +42,12 @@ class Exporter:
         if port and local_rank and local_rank.isdigit():
             port += int(local_rank)  # one port per rank: multiprocess mode cannot run custom collectors
         context = _tls_context(options)
+        if options.web_config:
+            from ..webconfig import BasicAuth, load
+
+            web = load(options.web_config)
+            context = web.context()
+            self._auth = BasicAuth(web.users) if web.users else None
         try:
             self._server = Server(options.addr, port, self._handle, context=context, limits=limits)
         except OSError as exc:

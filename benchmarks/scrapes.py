@@ -180,11 +180,12 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"- Slowdown that the agent's serving adds over the separate process: {100 * (a['over_reference'] - 1):+.1f}% "
         f"(budget: +5%). Plain step {a['off_step_ms']:.1f} ms.",
-        f"- Renders during the scraped windows: {a['renders']} for {a['requests_per_second'] * 0 + a['sampled_steps']} "
-        "sampled steps in the run so far: one render per new snapshot, whatever the number of scrapes; each scrape "
-        f"copies cached bytes. Threads in the training process: {a['threads_in_process']} (one server thread, no "
-        "thread per connection).",
-        "- On this 2-core machine the scrapers' own CPU use shows in both rows; the agent's share is the difference.",
+        f"- /metrics renders during the scraped windows: {a['renders']}, one per new snapshot however many scrapes "
+        f"came; each scrape copies cached bytes. Threads in the training process: {a['threads_in_process']} (one "
+        "server thread, none per connection).",
+        "- On this 2-core machine the scrapers' own CPU use shows in both rows; the agent's share is the difference. "
+        "The reference server (Python's threading server, a thread per connection) answers fewer requests per "
+        "second than the agent at the same request rate, so its row carries somewhat less scraper load.",
         END,
     ])
 

@@ -138,3 +138,29 @@ def test_an_idle_tls_client_blocks_no_scrape(tls_files):
     finally:
         idle.close()
         mon.close()
+
+
+def test_the_cache_renders_per_snapshot_and_refreshes_step_counters_once_a_second():
+    from prometheus_client import CollectorRegistry, Counter
+
+    from agent.export.render import RenderCache
+
+    registry = CollectorRegistry()
+    hits = Counter("hits", "test counter", registry=registry)
+    now, gen = [0.0], [(1, 10)]
+    cache = RenderCache(registry, lambda: gen[0], max_age=5.0, step_age=1.0, clock=lambda: now[0])
+    first = cache.body(False, False)[1]
+    hits.inc()
+    assert cache.body(False, False)[1] == first and cache.renders == 1  # nothing new: the cached bytes
+    gen[0] = (1, 11)  # a step, no snapshot
+    now[0] = 0.5
+    assert cache.body(False, False)[1] == first  # steps alone: at most a second stale
+    now[0] = 1.0
+    assert cache.body(False, False)[1] != first and cache.renders == 2
+    gen[0] = (2, 11)  # a new snapshot: at once
+    now[0] = 1.1
+    cache.body(False, False)
+    assert cache.renders == 3
+    now[0] = 6.2  # nothing moved, but findings may have: every max_age seconds
+    cache.body(False, True)
+    assert cache.renders == 4

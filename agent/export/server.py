@@ -22,8 +22,9 @@ log = logging.getLogger("nnwatch")
 class Exporter:
     """Serves a monitor's /metrics over HTTP(S) on a background thread (idle between scrapes).
 
-    The body is rendered when a scrape finds the cached one out of date: a new snapshot since, or older than
-    ``RenderCache.max_age``; a burst of scrapes costs one render, and each scrape only copies bytes.
+    The body is rendered when a scrape finds the cached one out of date (a new snapshot since, steps since and a
+    second old, or five seconds old; see RenderCache); a burst of scrapes costs one render, and each scrape only
+    copies bytes.
     """
 
     def __init__(self, monitor: MetricsSource, options: Options, *, registry: CollectorRegistry | None = None,
@@ -94,14 +95,14 @@ class Exporter:
 
 
 def _generation(monitor: MetricsSource) -> Any:
-    """What changes with every new snapshot (the monitor is held by the collector, weakly)."""
+    """(what changes with every new snapshot, what changes with every step); the monitor is held weakly."""
     import weakref
 
     ref = weakref.ref(monitor)
 
-    def generation() -> Any:
+    def generation() -> tuple[Any, Any]:
         m = ref()
-        return None if m is None else (m.sampled_steps, m.steps.steps_in_process if m.snapshot is None else 0)
+        return (None, None) if m is None else (m.sampled_steps, m.steps.steps_in_process)
     return generation
 
 

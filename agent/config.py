@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .checks.catalogue import BY_NAME
+from .checks.thresholds import THRESHOLD_DOCS
+from .redact import redact_url
 
 DEFAULT_PORT = 9945
 """Default /metrics port (plus LOCAL_RANK in distributed jobs)."""
@@ -24,11 +29,16 @@ class Options:
     port: int | None = DEFAULT_PORT
     """TCP port of /metrics; 0 picks a free port, None serves nothing. LOCAL_RANK is added when set."""
     addr: str = "0.0.0.0"
-    """Address the /metrics server binds to."""
+    """Address the /metrics server binds to: every interface by default (Prometheus scrapes the pod's IP); use
+    127.0.0.1 to serve only this machine. An IP address or a resolvable host name, checked at attach()."""
     tls_cert: str | None = None
     """Path of a PEM certificate; with ``tls_key`` /metrics is served over HTTPS."""
     tls_key: str | None = None
     """Path of the PEM private key matching ``tls_cert``."""
+    web_config: str | None = None
+    """Path of an exporter-toolkit web configuration file (node_exporter's ``--web.config.file``): TLS
+    (``tls_server_config``) and basic auth with bcrypt hashes (``basic_auth_users``) for /metrics. ``tls_cert``
+    and ``tls_key`` are a shortcut for its TLS part; give one or the other. Env: ``NNWATCH_WEB_CONFIG``."""
     sample_every: int = 10
     """Heavy statistics (norms, update ratios, activations) are computed every this many steps; with an
     overhead budget this is the shortest interval."""
@@ -76,8 +86,9 @@ class Options:
     """Comma-separated checks not to run in-process, e.g. "loss_not_decreasing" for a GAN, whose losses are a
     game rather than a descent."""
     thresholds: dict[str, float] | None = None
-    """Overrides of catalogue thresholds, e.g. {"dead_units.ratio": 0.3}; env: "dead_units.ratio=0.3,...".
-    """
+    """Overrides of catalogue thresholds, e.g. {"dead_units.ratio": 0.3}, or the same as a string
+    "dead_units.ratio=0.3,memory_leak.samples=20" (also the form of NNWATCH_THRESHOLDS). Range-checked: fractions
+    in 0..1, counts whole numbers >= 1, nothing negative."""
     job: str | None = None
     """Job name shown in webhook messages and the Pushgateway job (default: the script's name)."""
     per_module_ranks: str = "0"
@@ -110,7 +121,7 @@ class Options:
         values: dict[str, Any] = {}
         for name, f in names.items():
             if name in explicit and explicit[name] is not _UNSET:
-                values[name] = explicit[name]
+                values[name] = _coerce(name, f, explicit[name])
             elif f"NNWATCH_{name.upper()}" in env:
                 values[name] = _parse_env(name, f, env[f"NNWATCH_{name.upper()}"])
         if "sample_every" in values and "overhead_budget" not in values:
@@ -119,8 +130,24 @@ class Options:
         opts.validate()
         return opts
 
+    def __repr__(self) -> str:
+        """Every option, with the secrets in URLs hidden (a webhook URL's path is its token)."""
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "webhook_url":
+                value = redact_url(value, path_is_secret=True)
+            elif f.name == "pushgateway_url":
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Options({', '.join(shown)})"
+
     def validate(self) -> None:
         """Raise ValueError/TypeError naming the bad option and what to pass instead."""
+        for f in dataclasses.fields(self):
+            if str(f.type) == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise TypeError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
+        _check_addr(self.addr)
         if self.port is not None:
             if isinstance(self.port, bool) or not isinstance(self.port, int):
                 raise TypeError(f"port must be an int in 0..65535 or None, got {self.port!r}")
@@ -148,16 +175,20 @@ class Options:
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{name} file not found: {path!r}")
+        if self.tls_cert is not None and self.tls_key is not None:
+            _check_tls(self.tls_cert, self.tls_key)
+        if self.web_config is not None:
+            from .webconfig import load
+
+            if self.tls_cert is not None:
+                raise ValueError("give TLS either in web_config (tls_server_config) or as tls_cert/tls_key, not both")
+            load(str(self.web_config))
         if self.thresholds is not None:
             if not isinstance(self.thresholds, dict):
-                raise TypeError("thresholds must be a dict like {'dead_units.ratio': 0.3}")
+                raise TypeError("thresholds must be a dict like {'dead_units.ratio': 0.3} or a string like "
+                                "'dead_units.ratio=0.3,memory_leak.samples=20'")
             for key, value in self.thresholds.items():
-                check, _, name = str(key).partition(".")
-                if check not in BY_NAME or name not in BY_NAME[check].thresholds:
-                    valid = ", ".join(f"{c}.{t}" for c in BY_NAME for t in BY_NAME[c].thresholds)
-                    raise ValueError(f"unknown threshold {key!r}; valid names: {valid}")
-                if not _finite_number(value):
-                    raise ValueError(f"threshold {key!r} must be a finite number, got {value!r}")
+                check_threshold(str(key), value)
         parse_ranks(self.per_module_ranks)
         unknown = [c for c in self.skipped_checks if c not in BY_NAME]
         if unknown:
@@ -172,6 +203,106 @@ class Options:
             raise ValueError(f"webhook_digest_seconds must be a number of seconds in 0..600, got {self.webhook_digest_seconds!r}")
 
 
+def check_threshold(key: str, value: Any) -> None:
+    """Raise ValueError unless ``key`` names a catalogue threshold and ``value`` is in its range: nothing
+    negative, fractions ("fraction ..."/"share ..." in THRESHOLD_DOCS) at most 1, counts (integer defaults) whole
+    numbers >= 1 (byte sizes >= 0)."""
+    check, _, name = key.partition(".")
+    if check not in BY_NAME or name not in BY_NAME[check].thresholds:
+        valid = ", ".join(f"{c}.{t}" for c in BY_NAME for t in BY_NAME[c].thresholds)
+        raise ValueError(f"unknown threshold {key!r}; valid names: {valid}")
+    if not _finite_number(value):
+        raise ValueError(f"threshold {key!r} must be a finite number, got {value!r}")
+    doc = THRESHOLD_DOCS.get(key, "")
+    default = BY_NAME[check].thresholds[name]
+    if value < 0:
+        raise ValueError(f"threshold {key!r} ({doc}) must be >= 0, got {value!r} (default {default!r})")
+    if doc.startswith(("fraction", "share")) and value > 1:
+        raise ValueError(f"threshold {key!r} is a fraction in 0..1 ({doc}), got {value!r}; e.g. 0.3 for 30% "
+                         f"(default {default!r})")
+    if isinstance(default, int) and not isinstance(default, bool):
+        low = 0 if name.endswith("_bytes") else 1
+        if value != int(value) or value < low:
+            raise ValueError(f"threshold {key!r} counts {doc}: a whole number >= {low}, got {value!r} "
+                             f"(default {default!r})")
+
+
+def parse_thresholds(text: str, source: str = "thresholds") -> dict[str, float]:
+    """``"dead_units.ratio=0.3,memory_leak.samples=20"`` -> a dict; errors name ``source`` and the bad part."""
+    out: dict[str, float] = {}
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{source}: {part!r} is not name=value; write e.g. "
+                             "'dead_units.ratio=0.3,memory_leak.samples=20'")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{source}: the value of {key.strip()} must be a number, got {value.strip()!r} "
+                             "(e.g. 'dead_units.ratio=0.3')") from None
+    return out
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(value: Any, source: str) -> bool:
+    """True/False, 1/0, or a string from _TRUE/_FALSE (any case); ValueError naming ``source`` otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    raise ValueError(f"{source} must be True or False (or one of the strings {'/'.join(_TRUE)} for True, "
+                     f"{'/'.join(_FALSE)} for False), got {value!r}")
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
+    """An explicit argument in the option's type where the text form is unambiguous (booleans, thresholds)."""
+    kind = str(f.type)
+    if kind == "bool":
+        return parse_bool(value, name)
+    if kind.startswith("dict") and isinstance(value, str):
+        return parse_thresholds(value, name)
+    return value
+
+
+def _check_addr(addr: Any) -> None:
+    """The bind address must be an IP address or a host name that resolves (checked once, at attach())."""
+    if not isinstance(addr, str):
+        raise TypeError(f"addr must be a string such as '0.0.0.0' (every interface) or '127.0.0.1', got {addr!r}")
+    if addr in ("", "localhost"):
+        return
+    try:
+        ipaddress.ip_address(addr.strip("[]"))
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(addr, None)
+    except (OSError, UnicodeError):
+        raise ValueError(f"addr {addr!r} is neither an IP address nor a host name that resolves; pass e.g. "
+                         "'0.0.0.0' (every interface), '::' or '127.0.0.1' (this machine only)") from None
+
+
+def _check_tls(cert: str, key: str) -> None:
+    """Load the certificate and key once, so an unreadable or mismatched pair fails at attach(), not at serving."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the TLS certificate {cert!r} with key {key!r} ({exc}); pass readable PEM "
+                         "files of one certificate and its private key") from None
+
+
 def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -183,23 +314,19 @@ def _parse_env(name: str, f: dataclasses.Field, raw: str) -> Any:
     kind = str(f.type)
     try:
         if kind.startswith("bool"):
-            low = text.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
+            return parse_bool(text, var)
         if "None" in kind and text.lower() in ("", "none", "off"):
             return None
         if kind.startswith("dict"):
-            pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
-            return {k.strip(): float(v) for k, v in pairs}
+            return parse_thresholds(text, var)
         if kind.startswith("int"):
             return int(text)
         if kind.startswith("float"):
             return float(text)
         return text
-    except ValueError:
+    except ValueError as exc:
+        if str(exc).startswith(var):
+            raise
         raise ValueError(f"{var}={raw!r} is not a valid {kind.split(' ')[0]} for option {name}") from None
 
 
@@ -218,4 +345,4 @@ def parse_ranks(spec: str) -> frozenset[int] | None:
     return ranks
 
 
-__all__ = ["Options", "DEFAULT_PORT", "parse_ranks"]
+__all__ = ["Options", "DEFAULT_PORT", "parse_ranks", "parse_bool", "parse_thresholds", "check_threshold"]

@@ -12,6 +12,7 @@ from .collect.inputs import GraphTokens, InputWatch
 from .collect.lossinputs import LossWatch
 from .collect.params import optimizer_param_ids
 from .collect.steps import batch_size
+from .collect.weakhook import WeakHook
 
 DATA_CHECKS = ("probabilities_as_logits", "unshuffled_batches", "class_imbalance")
 """The checks that read the loss calls: when all are skipped, the loss functions are left unwrapped."""
@@ -29,20 +30,23 @@ class ModelHooks:
         self.graphs = GraphTokens()  # graphs of earlier sampled steps still alive
         skipped = set(self.options.skipped_checks)
         self.loss_watch = LossWatch(self.guard.call) if not set(DATA_CHECKS) <= skipped else None
-        self._handles.append(model.register_forward_pre_hook(self._on_forward_pre, with_kwargs=True))
-        self._handles.append(model.register_forward_hook(self._on_forward, always_call=True))
+        # Weak hook objects, not bound methods: a copy of the model (pickle, deepcopy, torch.save, EMA/SWA) then
+        # carries no monitor and is an unwatched model (agent.collect.weakhook).
+        self._handles.append(model.register_forward_pre_hook(WeakHook(self, "_on_forward_pre"), with_kwargs=True))
+        self._handles.append(model.register_forward_hook(WeakHook(self, "_on_forward"), always_call=True))
         if optimizer is not None:
-            self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre))
-            self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
+            self._handles.append(optimizer.register_step_pre_hook(WeakHook(self, "_on_optimizer_pre")))
+            self._handles.append(optimizer.register_step_post_hook(WeakHook(self, "_on_optimizer_post")))
 
     def _on_forward_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if torch.compiler.is_compiling():  # traced into a compiled graph: observe nothing, break nothing
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # traced into a graph: observe nothing, break nothing
             return None
         if torch._C._current_graph_task_id() != -1:  # inside backward: activation checkpointing recomputes
             return None
         t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         training = False
         try:
+            self.probe.end_if_interrupted()  # a KeyboardInterrupt skipped the last forward's hook
             if torch.is_grad_enabled():
                 training = True
                 self.steps.forwards += 1
@@ -71,7 +75,7 @@ class ModelHooks:
         return None
 
     def _on_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._current_graph_task_id() != -1:
             return None
         t0 = self.guard.enter(self._clock())  # guarded calls inside are timed once, here
         try:

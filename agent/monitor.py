@@ -40,6 +40,9 @@ from .snapshot import Snapshot
 
 log = logging.getLogger("nnwatch")
 
+CLOSE_SECONDS = 2.0
+"""close() returns within this many seconds, however a webhook receiver or Pushgateway behaves."""
+
 _TRAIN_MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
 
 
@@ -58,6 +61,7 @@ class Monitor(ModelHooks):
         self._wall = wall
         # DDP / torch.compile wrappers: layer names from the inner module, hooks where they run eagerly.
         model, hook_target, self.compiled = unwrap(model)
+        _refuse_second_monitor(model)
         self.rank = RankInfo.from_env()
         self.sharded = is_sharded(model)
         self.per_module = exports_per_module(options.per_module_ranks, self.rank, self.sharded)
@@ -194,8 +198,18 @@ class Monitor(ModelHooks):
         history, step times, AMP skip counts (see agent.state)."""
         state.load_monitor_state(self, saved)
 
+    def delivery_counts(self) -> dict[str, tuple[int, int, int]]:
+        """Per sink (``webhook``, ``pushgateway``): (delivered, failed, dropped) since attach."""
+        counts: dict[str, tuple[int, int, int]] = {}
+        notifier = self.engine.notifier if self.engine is not None else None
+        if notifier is not None and notifier.thread is not None:
+            counts["webhook"] = (notifier.delivered, notifier.failed, notifier.dropped)
+        if self.pusher is not None:
+            counts["pushgateway"] = (self.pusher.pushes, self.pusher.failures, 0)
+        return counts
+
     def close(self) -> None:
-        """Remove every hook, stop the server and threads. Idempotent."""
+        """Remove every hook, stop the server and threads (within CLOSE_SECONDS whatever receivers do). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -203,9 +217,17 @@ class Monitor(ModelHooks):
         for h in self._handles:
             h.remove()
         self._handles = []
-        for part in (self.amp, self.pusher, self.exporter, self.engine):  # the pusher's final push comes first
-            if part is not None:
-                part.close()
+        # Within CLOSE_SECONDS whatever the receivers do: the final push first, then the server, then the
+        # webhook's queue gets what is left.
+        end = time.monotonic() + CLOSE_SECONDS
+        if self.amp is not None:
+            self.amp.close()
+        if self.pusher is not None:
+            self.pusher.close(timeout=CLOSE_SECONDS / 2)
+        if self.exporter is not None:
+            self.exporter.close()
+        if self.engine is not None:
+            self.engine.close(timeout=max(0.0, end - time.monotonic() - 0.05))
         self._finalizer.detach()
         log_summary(self)
         self.params.clear()
@@ -268,6 +290,14 @@ class Monitor(ModelHooks):
         self._overhead_mark = (agent_s, step_s)
         if self.engine is not None:
             self.guard.call("checks", self.engine.evaluate, snap, self)
+
+
+def _refuse_second_monitor(model: nn.Module) -> None:
+    """Two monitors on one model would hook it twice and count every step twice: name the first one."""
+    for other in list(LIVE):
+        if not other._closed and other._model_ref() is model:
+            raise ValueError(f"this {type(model).__name__} is already watched by {other!r} (name {other.name!r}); "
+                             "use that monitor, or call its close() before attaching again")
 
 
 def _check_engine(monitor: Monitor, options: Options) -> CheckEngine | None:

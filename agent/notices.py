@@ -19,7 +19,12 @@ def log_summary(monitor: Any) -> None:
                     "monitor.step() after each update", who)
     elif monitor.engine is not None:
         summary = monitor.engine.incidents.summary(monitor.steps.steps_in_process)
-        log.info(summary.replace("nnwatch:", f"nnwatch{who}:", 1))
+        log.info(_one_line(summary.replace("nnwatch:", f"nnwatch{who}:", 1)))
+
+
+def _one_line(text: str) -> str:
+    """Module names come from the user's model: a newline in one must not split a log line."""
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 BLIND_SPOT_STEPS = 20
@@ -37,7 +42,7 @@ def say_what_is_not_watched(monitor: Any) -> None:
         log.info("nnwatch%s: no activation function (ReLU family, GELU, SiLU, tanh, sigmoid) seen in %d sampled "
                  "forwards: the dead-unit and saturation checks have nothing to watch.", who, monitor.sampled_steps)
     elif monitor.options.activations and not monitor.compiled and (unseen := monitor.probe.unseen_modules()):
-        shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+        shown = _one_line(", ".join(unseen[:5])) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
         log.info("nnwatch%s: %d activation module(s) never ran inside a sampled model(...) forward: %s. They are "
                  "called from outside the attached module's forward (or not used), so their dead and saturated "
                  "units are not watched; attach the module whose forward calls them.", who, len(unseen), shown)

@@ -446,7 +446,13 @@ def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     except ImportError:
         results.setdefault("notes", []).append(
             "- matplotlib is not installed here, so no plot was drawn (`pip install -r benchmarks/requirements.txt`).")
-    md.write_text(markdown(results, png.name))
+    kept = ""
+    if md.exists():  # the section benchmarks.scrapes owns stays
+        old = md.read_text()
+        begin, end = "<!-- scrapes:begin -->", "<!-- scrapes:end -->"
+        if begin in old and end in old:
+            kept = "\n" + old[old.index(begin): old.index(end) + len(end)] + "\n"
+    md.write_text(markdown(results, png.name).rstrip("\n") + "\n" + kept)
     return md, png
 
 

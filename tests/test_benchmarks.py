@@ -102,3 +102,19 @@ def test_report_renders_and_round_trips(result, tmp_path: Path):
     md = report.markdown(again)
     assert "| mlp-tiny | " in md and "plain loop again (A/A control)" in md and "from its parts" in md
     assert " nan" not in md and "(nan" not in md and "| nan" not in md  # every figure was computed
+
+
+def test_the_scrapes_section_is_replaced_in_place_and_kept_by_the_report(tmp_path):
+    from benchmarks import scrapes
+
+    row = {"ratio": 1.01, "requests_per_second": 240.0, "off_step_ms": 10.0}
+    results = {"scrapers": 8, "rate_per_scraper": 30.0, "window_steps": 15, "pairs": 4, "model": "mlp-1M", "threads": 2,
+               "agent": {**row, "renders": 3, "sampled_steps": 40, "threads_in_process": 3, "over_reference": 1.004},
+               "separate_process": row}
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n\nbody\n")
+    scrapes.write(results, tmp_path)
+    scrapes.write({**results, "agent": {**results["agent"], "over_reference": 1.02}}, tmp_path)
+    text = md.read_text()
+    assert text.count(scrapes.BEGIN) == 1 and "+2.0%" in text and text.startswith("# Benchmarks\n\nbody\n")
+    assert (tmp_path / "scrapes.json").exists()

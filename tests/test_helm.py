@@ -189,6 +189,11 @@ def test_podmonitor_selects_the_documented_pod_label(default: tuple[list[dict[st
     assert re.fullmatch(target, "nnwatch/digits-train") and re.fullmatch(target, "ml/nnwatch")
 
 
+def test_podmonitor_should_not_render_basic_auth_by_default(default: tuple[list[dict[str, Any]], str]) -> None:
+    for e in one(default[0], "PodMonitor")["spec"]["podMetricsEndpoints"]:
+        assert "basicAuth" not in e
+
+
 def test_podmonitor_distributed_scenario() -> None:
     pm = one(render(scenario("distributed-values.yaml"))[0], "PodMonitor")
     eps = pm["spec"]["podMetricsEndpoints"]
@@ -197,6 +202,8 @@ def test_podmonitor_distributed_scenario() -> None:
     assert pm["spec"]["podTargetLabels"] == ["team", "experiment"]
     for e in eps:
         assert e["scheme"] == "https" and e["tlsConfig"]["ca"]["secret"]["name"] == "nnwatch-ca"
+        assert e["basicAuth"] == {"username": {"name": "nnwatch-scrape", "key": "username"},
+                                  "password": {"name": "nnwatch-scrape", "key": "password"}}  # from a Secret
         assert e["relabelings"][0]["sourceLabels"] == ["__meta_kubernetes_pod_label_training_kubeflow_org_job_name"]
         assert e["relabelings"][-1] == {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}
         assert len(e["relabelings"]) == 2  # runFromKubernetesJob: false

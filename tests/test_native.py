@@ -253,3 +253,57 @@ def test_device_groups_keep_each_device_apart():
     assert stats.device_groups([]) == []
     assert stats.device_groups([cpu, cpu]) == [[0, 1]]
     assert stats.device_groups([cpu, meta, cpu, meta]) == [[0, 2], [1, 3]]
+
+
+_FAKE_CXX = """#!/bin/sh
+# A compiler that writes part of its output and then hangs (a build interrupted midway), or finishes.
+out=""
+while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done
+echo "$out" >> "$MARK"
+printf 'partial' > "$out"
+[ -n "$HANG" ] && sleep 120
+exit 0
+"""
+
+
+def _fake_compiler(tmp_path: Path) -> Path:
+    cxx = tmp_path / "fake-c++"
+    cxx.write_text(_FAKE_CXX)
+    cxx.chmod(0o755)
+    return cxx
+
+
+def test_a_build_interrupted_midway_leaves_no_library_in_the_cache(tmp_path, monkeypatch):
+    import signal
+    import time
+
+    cxx, mark = _fake_compiler(tmp_path), tmp_path / "mark"
+    env = {**os.environ, "NNWATCH_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(cxx), "MARK": str(mark), "HANG": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_STATUS)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert mark.exists(), "the compiler never started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and its compiler die mid-build
+        proc.wait(timeout=30)
+    monkeypatch.setenv("NNWATCH_CACHE_DIR", str(tmp_path / "cache"))
+    library = native.library_path(str(cxx))
+    assert not library.exists()  # only a temporary file, never the cached name
+    # The next run compiles again (here the fake compiler finishes; its output is not a loadable library).
+    out = _run(_STATUS, {**env, "HANG": ""})
+    assert len(mark.read_text().splitlines()) == 2 and out["state"] == "unavailable"
+
+
+def test_an_empty_library_in_the_cache_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    cxx, mark = _fake_compiler(tmp_path), tmp_path / "mark"
+    monkeypatch.setenv("NNWATCH_CACHE_DIR", str(tmp_path / "cache"))
+    library = native.library_path(str(cxx))
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"")  # what an older version left when the job ended mid-build
+    out = _run(_STATUS, {"NNWATCH_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(cxx), "MARK": str(mark), "HANG": ""})
+    assert mark.exists(), "the empty file was taken for a built library"
+    assert library.read_bytes() == b"partial"  # replaced by the new build (which, being fake, does not load)
+    assert out["state"] == "unavailable"

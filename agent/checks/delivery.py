@@ -2,7 +2,8 @@
 
 The webhook runs on its own thread: the training thread only puts a message on a bounded queue. Messages
 that arrive within ``digest_seconds`` of the first one go out as one digest post (a burst of findings is one
-Slack message, not a flood). Each post is retried with exponential backoff; a receiver that is down costs the job nothing. The URL is a
+Slack message, not a flood). Each post is retried with exponential backoff within a total deadline; a receiver that is down, hangs or answers
+a byte at a time costs the job nothing, and ``close()`` stops the thread within its timeout. The URL is a
 secret (it carries the token): it is never logged.
 """
 
@@ -13,10 +14,9 @@ import logging
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Sequence
 
+from ..post import HTTPStatusError, Request
 from .findings import Finding
 
 
@@ -65,11 +65,15 @@ class Notifier:
         backoff: float = 1.0,
         timeout: float = 5.0,
         max_queue: int = 256,
-        sleep: Callable[[float], Any] = time.sleep,
+        sleep: Callable[[float], Any] | None = None,
         digest_seconds: float = 2.0,
+        deadline: float = 30.0,
     ) -> None:
         """``digest_seconds``: how long the webhook thread gathers messages after the first of a burst before it
-        posts them together (0: one post per message); ``flush()`` and ``close()`` cut the wait short."""
+        posts them together (0: one post per message); ``flush()`` and ``close()`` cut the wait short.
+        ``timeout``: seconds one attempt may take in all (connect, send, response), however slowly the receiver
+        answers; ``deadline``: seconds one delivery may take with its retries and backoff. ``sleep``: the backoff
+        wait (default: one that ``close()`` ends)."""
         self.log_findings = log_findings
         self.job = job
         self.model: Callable[[], str | None] = lambda: None
@@ -77,8 +81,8 @@ class Notifier:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
-        self._webhook = (_Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self, digest_seconds)
-                         if webhook_url else None)
+        self._webhook = (_Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self, digest_seconds,
+                                  deadline) if webhook_url else None)
 
     def fired(self, f: Finding, consequences: str = "", also: Sequence[str] = ()) -> None:
         """A finding started to hold; ``consequences`` lists the findings it explains and ``also`` the other
@@ -137,10 +141,16 @@ class Notifier:
         """Wait until queued webhook messages are delivered or given up; True when the queue drained."""
         return self._webhook.flush(timeout) if self._webhook is not None else True
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Deliver what can be delivered within ``timeout`` seconds, then stop the thread."""
+    def close(self, timeout: float = 1.5) -> None:
+        """Deliver what can be delivered within ``timeout`` seconds, then stop the thread (within the same
+        ``timeout``, whatever the receiver does); undelivered messages count as dropped."""
         if self._webhook is not None:
             self._webhook.close(timeout)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The webhook thread (None without a webhook)."""
+        return self._webhook._thread if self._webhook is not None else None
 
 
 DIGEST_LINES = 20
@@ -154,17 +164,20 @@ def _clip(text: str, limit: int = 2900) -> str:
 
 class _Webhook:
     def __init__(self, url: str, retries: int, backoff: float, timeout: float, max_queue: int,
-                 sleep: Callable[[float], Any], stats: Notifier, digest_seconds: float) -> None:
+                 sleep: Callable[[float], Any] | None, stats: Notifier, digest_seconds: float,
+                 deadline: float) -> None:
         self._url = url
         self._digest_seconds = digest_seconds
         self._hurry = threading.Event()  # flush()/close(): post what is gathered now
         self._retries = retries
         self._backoff = backoff
         self._timeout = timeout
-        self._sleep = sleep
+        self._deadline = deadline
         self._stats = stats
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
         self._closing = threading.Event()
+        self._sleep = sleep if sleep is not None else self._closing.wait  # backoff ends at once on close()
+        self._request = Request()
         self._thread = threading.Thread(target=self._run, name="nnwatch-webhook", daemon=True)
         self._thread.start()
 
@@ -180,6 +193,10 @@ class _Webhook:
             if payload is None:
                 self._queue.task_done()
                 return
+            if self._closing.is_set():  # close() gave up waiting: what is left is dropped, and counted
+                self._stats.dropped += 1
+                self._queue.task_done()
+                continue
             batch, stop = self._gather(payload)
             try:
                 self._deliver(self._stats.digest(batch))
@@ -210,23 +227,25 @@ class _Webhook:
         return batch, False
 
     def _deliver(self, payload: dict[str, Any]) -> None:
+        """Post with retries; the whole delivery (attempts and backoff) ends by ``deadline`` seconds, each
+        attempt by ``timeout`` seconds, however slowly the receiver answers."""
         data = json.dumps(payload).encode()
         delay = self._backoff
+        end = time.monotonic() + self._deadline
         for attempt in range(1, self._retries + 1):
             try:
-                req = urllib.request.Request(self._url, data=data, headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=self._timeout) as resp:
-                    resp.read()
+                self._request.send("POST", self._url, data, [("Content-Type", "application/json")],
+                                   deadline=min(end, time.monotonic() + self._timeout))
                 self._stats.delivered += 1
                 return
-            except urllib.error.HTTPError as exc:
+            except HTTPStatusError as exc:
                 reason = f"HTTP {exc.code}"
                 if 400 <= exc.code < 500 and exc.code != 429:  # the request itself is wrong: no retry
                     self._give_up(reason)
                     return
-            except (urllib.error.URLError, OSError) as exc:
-                reason = type(getattr(exc, "reason", exc)).__name__
-            if attempt == self._retries or self._closing.is_set():
+            except (OSError, ValueError) as exc:  # refused, reset, timed out, aborted by close(), bad URL
+                reason = type(exc).__name__
+            if attempt == self._retries or self._closing.is_set() or time.monotonic() + delay >= end:
                 self._give_up(reason)
                 return
             log.debug("nnwatch: webhook delivery failed (%s), retry %d in %.1f s", reason, attempt, delay)
@@ -238,19 +257,38 @@ class _Webhook:
         if self._stats.failed == 1:
             log.warning("nnwatch: webhook delivery failed (%s); findings are still logged here", reason)
 
+    def _wait_drained(self, deadline: float) -> bool:
+        """Wait on the queue's own condition (no polling) until every message is done or ``deadline`` passes."""
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
     def flush(self, timeout: float) -> bool:
         self._hurry.set()
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._hurry.clear()
-        return not self._queue.unfinished_tasks
+        try:
+            return self._wait_drained(time.monotonic() + timeout)
+        finally:
+            self._hurry.clear()
 
     def close(self, timeout: float) -> None:
-        self.flush(timeout)
+        """Deliver what can be delivered within ``timeout`` seconds; then abort the post under way, drop (and
+        count) what is left and stop the thread, all within the same ``timeout``."""
+        deadline = time.monotonic() + timeout
+        self._hurry.set()
+        self._wait_drained(deadline - min(0.1, timeout / 4))  # keep a moment to stop the thread
         self._closing.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout=max(0.1, timeout))
+        self._request.abort()
+        while True:  # what is still queued is dropped, and counted
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._stats.dropped += 1
+            self._queue.task_done()
+        self._queue.put_nowait(None)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -179,13 +179,14 @@ class CheckEngine:
             interval = self._watch_interval or max(0.05, min(5.0, (hard or 60.0) / 4))
             self._watcher = start_watcher(self.check_stall, monitor, interval, self._stop)
 
-    def close(self) -> None:
-        """Stop the watcher thread and flush the notifier."""
+    def close(self, timeout: float = 1.5) -> None:
+        """Stop the watcher thread and flush the notifier, within ``timeout`` seconds in all."""
+        end = time.monotonic() + timeout
         self._stop.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=5)
+            self._watcher.join(timeout=max(0.0, end - time.monotonic()))
         if self.notifier is not None:
-            self.notifier.close()
+            self.notifier.close(max(0.0, end - time.monotonic()))
 
 
 __all__ = ["CheckEngine", "Finding", "STICKY"]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..guard import Guard
 from .transfer import DeviceBatch
+from .weakhook import WeakHook
 
 log = logging.getLogger("nnwatch")
 
@@ -63,7 +64,7 @@ class ScalerWatch:
         return result
 
     def _hook(self, optimizer: Any) -> None:
-        self._hooked[id(optimizer)] = optimizer.register_step_post_hook(self._mark)
+        self._hooked[id(optimizer)] = optimizer.register_step_post_hook(WeakHook(self, "_mark"))
 
     def _after(self, optimizer: Any) -> None:
         if self._stepped:

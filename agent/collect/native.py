@@ -165,6 +165,29 @@ def _compile(cxx: str, out: Path, nice: bool) -> float:
     raise RuntimeError(f"{cxx} failed: {'; '.join(e[0] for e in errors)}")
 
 
+def _usable(path: Path) -> bool:
+    """A cached library is usable when it exists and is not empty (builds are renamed into place whole, but
+    a file left empty by an older version or a full disk must not be loaded)."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _ensure_built(cxx: str, path: Path, nice: bool, damaged: bool = False) -> float | None:
+    """Compile ``path`` unless a usable copy is cached (``damaged``: the cached copy failed to load); returns
+    the compiler's seconds, None when the cache served. One compiler run per key across processes."""
+    if _usable(path) and not damaged:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
+        if damaged or not _usable(path):
+            path.unlink(missing_ok=True)
+            return _compile(cxx, path, nice)
+    return None
+
+
 def _set(state: str, reason: str = "", path: Path | None = None, seconds: float | None = None) -> None:
     with _lock:
         _status.state, _status.reason, _status.path, _status.build_seconds = state, reason, path, seconds
@@ -200,16 +223,16 @@ def _build(nice: bool) -> Status:
     path: Path | None = None
     try:
         path = library_path(cxx)
-        seconds = None
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path.with_suffix(".lock"), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
-                if not path.exists():
-                    seconds = _compile(cxx, path, nice)
+        seconds = _ensure_built(cxx, path, nice)
         with _lock:
             if _ops is None:
-                torch.ops.load_library(str(path))
+                try:
+                    torch.ops.load_library(str(path))
+                except Exception:  # noqa: BLE001 - a damaged cached file: build it again, once
+                    if seconds is not None:
+                        raise
+                    seconds = _ensure_built(cxx, path, nice, damaged=True)
+                    torch.ops.load_library(str(path))
                 _ops = torch.ops.nnwatch
         _set("ready", "", path, seconds)
         return status()

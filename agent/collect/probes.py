@@ -16,6 +16,8 @@ functional call that appears later is still found.
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from . import stats
 from ..snapshot import ActivationStats
 from .transfer import DeviceBatch
+from .weakhook import WeakHook
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class _Mode(TorchFunctionMode):
             name = _activation_name(func)
         if name is not None and isinstance(out, Tensor):
             spec = _spec_for(name, args, kwargs)
-            if spec is not None:
+            if spec is not None and self.probe.running():
                 # The mode is popped while this runs, so our own tensor ops are not intercepted.
                 self.probe.guard_call("activations", self.probe.observe, name.rstrip("_"), spec, out)
         return out
@@ -126,6 +129,18 @@ def _activation_name(func: Any) -> str | None:
     if len(_ACTIVATION_NAME) < 4096:  # bounded, though the set of torch callables is small
         _ACTIVATION_NAME[func] = found
     return found
+
+
+_CALL_IMPL = nn.Module._call_impl.__code__
+
+
+def _calling_module_frame() -> Any:
+    """The frame of the innermost ``nn.Module`` call on this thread's stack (the root module whose pre-hook is
+    running), or None when torch calls modules some other way."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not _CALL_IMPL:
+        frame = frame.f_back
+    return frame
 
 
 REDISCOVER_EVERY = 16
@@ -168,6 +183,8 @@ class ActivationProbe:
         self._invoked: dict[str, int] = {}  # activation-module calls in the running mode forward
         self._seen: dict[str, list[tuple[str, ActivationSpec]]] = {}  # their activation calls
         self._functional = False  # an activation call outside an activation module was seen
+        self._root_frame: Any = None  # the root module's running call (nn.Module._call_impl) while active
+        self._thread = 0  # the thread running the sampled forward
 
     def unseen_modules(self) -> list[str]:
         """Activation modules of the model that no sampled forward of the root module ran (called from outside
@@ -180,16 +197,44 @@ class ActivationProbe:
     def active(self) -> bool:
         return self._mode is not None or self._hooked
 
+    def running(self) -> bool:
+        """Whether the sampled forward that began the probe is still running in this thread.
+
+        torch runs ``always_call`` forward hooks for an ``Exception`` only: a KeyboardInterrupt (any
+        BaseException) leaves the forward without the root's forward hook, so ``end()`` never comes. Every
+        entry point of the probe asks this first (a walk up the calling frames to the root module's call, a few
+        dozen frames at most, on sampled forwards only); the module hooks then end the probe, before the next
+        module call or activation of any model is observed (the mode cannot leave the stack from inside its own
+        handler: there it only stops recording).
+        """
+        root = self._root_frame
+        if root is None or threading.get_ident() != self._thread:
+            return True  # no frame to follow (or another thread's module call): as before
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame is root:
+                return True
+            frame = frame.f_back
+        return False
+
+    def end_if_interrupted(self) -> bool:
+        """End the probe when its forward was left by a BaseException (see ``running``); True when it did."""
+        if self.active and not self.running():
+            self.end(complete=False)
+            return True
+        return False
+
     def begin(self) -> None:
         """Called from the root module's forward pre-hook of a sampled, training forward pass."""
         self.end()
+        self._root_frame, self._thread = _calling_module_frame(), threading.get_ident()
         self._calls = {}
         self._forwards += 1
         if self.module_calls is not None and self._forwards % REDISCOVER_EVERY:
             for label in self.module_calls:
                 module = self._modules[label]()
                 if module is not None:
-                    self._handles.append(module.register_forward_hook(self._module_hook))
+                    self._handles.append(module.register_forward_hook(WeakHook(self, "_module_hook")))
             self._hooked = True
             return
         self._stack = ["(root)"]
@@ -200,17 +245,20 @@ class ActivationProbe:
         self._mode = _Mode(self)
         self._mode.__enter__()
 
-    def end(self) -> None:
-        """Called from the root module's forward hook (also when the forward raised)."""
+    def end(self, complete: bool = True) -> None:
+        """Called from the root module's forward hook (also when the forward raised an Exception); ``complete``
+        False: the forward was interrupted, so what it saw does not choose the path of later samples."""
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
-            self._choose_path()
+            if complete:
+                self._choose_path()
         for h in self._handles:
             h.remove()
         self._handles = []
         self._stack = []
         self._hooked = False
+        self._root_frame = None  # holds the forward's locals: let them go
 
     def _choose_path(self) -> None:
         """After a forward under the mode: hook activation modules from now on if that sees the same calls."""
@@ -221,11 +269,15 @@ class ActivationProbe:
 
     def _module_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         entry = self.module_calls.get(self.names.get(id(module), "")) if self.module_calls else None
+        if self.end_if_interrupted():
+            return None
         if entry is not None and isinstance(output, Tensor):
             self.guard_call("activations", self._record, self.names[id(module)], entry[0], entry[1], output)
         return None
 
     def _push(self, module: nn.Module, args: Any) -> None:
+        if self.end_if_interrupted():  # the sampled forward was interrupted: this call belongs to someone else
+            return None
         label = self.names.get(id(module))
         if label in self._modules:
             self._invoked[label] = self._invoked.get(label, 0) + 1  # type: ignore[index]

@@ -123,6 +123,7 @@ class NNWatchCollector:
             const.add_metric([*ev, module], 1)
         yield const
         yield from self._findings(m, ev)
+        yield from self._deliveries(m, ev)
 
         if snap is None:
             return
@@ -283,6 +284,20 @@ class NNWatchCollector:
                 if v is not None:
                     fam.add_metric([*ev, l.module], v * v)
             yield fam
+
+    def _deliveries(self, m: MetricsSource, ev: list[str]) -> Iterator[Metric]:
+        """Webhook posts and Pushgateway pushes per sink: delivered, given up, dropped (queue full or close())."""
+        counts = m.delivery_counts() if hasattr(m, "delivery_counts") else {}
+        if not counts:
+            return
+        families = [self._family("counter", name, doc, ["sink"]) for name, doc in (
+            ("nnwatch_deliveries", "Webhook posts and Pushgateway pushes the receiver accepted."),
+            ("nnwatch_delivery_failures", "Webhook posts and Pushgateway pushes given up after their retries or deadline."),
+            ("nnwatch_delivery_dropped", "Webhook messages dropped unsent: the queue was full or close() could not wait."))]
+        for sink, values in sorted(counts.items()):
+            for fam, value in zip(families, values):
+                fam.add_metric([*ev, sink], value)
+        yield from families
 
     def _findings(self, m: MetricsSource, ev: list[str]) -> Iterator[Metric]:
         active = self._family("gauge", "nnwatch_finding_active", "1 while a check is firing for a module (module is empty for model-wide checks).", ["check", "severity", "module"])

@@ -25,6 +25,7 @@ from ..monitor import Monitor
 from ..preflight import PreflightReport
 from ..preflight import preflight as _preflight
 from ..preflight.batch import tree_map
+from ..collect.weakhook import WeakHook
 from ..preflight.option import announce, first_batch, preflight_option
 
 TOKEN_INPUTS = ("input_ids",)
@@ -129,7 +130,7 @@ class NNWatchHFCallback(TrainerCallback, ExportableState):
             self.monitor.load_state_dict(saved)
         elif state.global_step:
             self.monitor.step_index = int(state.global_step)
-        self._hook = model.register_forward_hook(self._on_output)
+        self._hook = model.register_forward_hook(WeakHook(self, "_on_output"))  # copies of the model stay picklable
 
     def _run_preflight(self, model: nn.Module, loader: Any) -> None:
         keywords, strict = dict(self._preflight[0]), self._preflight[1]

@@ -274,6 +274,11 @@ def values_schema(rules: Any) -> dict[str, Any]:
                 "path": string("HTTP path of the agent's metrics.", pattern="^/"),
                 "scheme": string("Scheme of the scrape.", enum=["http", "https"]),
                 "tlsConfig": {"type": "object", "description": "TLS settings of the scrape (SafeTLSConfig)."},
+                "basicAuth": {"type": "object", "additionalProperties": False,
+                              "description": "Basic auth of the scrape from a Secret, matching basic_auth_users of the "
+                                             "agent's web_config; {} scrapes without.",
+                              "properties": {"username": secret_ref("Secret key holding the user name."),
+                                             "password": secret_ref("Secret key holding the password.")}},
                 "runLabel": string('Pod label whose value names the run (job="nnwatch/<value>"); "" disables.'),
                 "runFromKubernetesJob": boolean("Use the Kubernetes Job name when the pod has no runLabel."),
                 "podTargetLabels": {"type": "array", "items": {"type": "string"},

@@ -1,0 +1,119 @@
+"""One HTTP(S) request with a total deadline that another thread can abort (webhook posts, Pushgateway pushes).
+
+urllib's ``timeout`` applies to each socket operation, so a receiver that drips a byte every few seconds holds
+the sender for ever, and nothing can interrupt it from outside. Here the connect, the send and every read get
+what is left of one deadline, and :meth:`Request.abort` (called by ``close()``) shuts the socket down at once.
+Only the response's status line is read. Credentials in the URL become a basic-auth header. Proxy variables
+(``HTTPS_PROXY``) are not used: the receivers are Slack-compatible webhooks and Pushgateways the job reaches.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from typing import Iterable
+
+from .redact import split_credentials
+
+MAX_STATUS_LINE = 8192
+"""Bytes read at most before the status line must have arrived."""
+
+
+class HTTPStatusError(OSError):
+    """The receiver answered with an error status (``code``)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"HTTP {code}{' ' + reason if reason else ''}")
+        self.code = code
+
+
+class Request:
+    """Sends requests one at a time from one thread; ``abort()`` from any thread ends the running one now and
+    every later one at once (after ``close()``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._aborted = False
+
+    def abort(self) -> None:
+        """End the request under way (its ``send`` raises) and refuse later ones."""
+        with self._lock:
+            self._aborted = True
+            sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked connect/send/recv in the sending thread
+            except OSError:
+                pass
+
+    def send(self, method: str, url: str, body: bytes, headers: Iterable[tuple[str, str]] = (), *,
+             deadline: float, context: ssl.SSLContext | None = None) -> int:
+        """Send one request; returns the status code (< 400), raises HTTPStatusError (>= 400), TimeoutError
+        when ``deadline`` (time.monotonic() seconds) passes, or OSError."""
+        bare, user, password = split_credentials(url)
+        parts = urllib.parse.urlsplit(bare)
+        https = parts.scheme == "https"
+        host = parts.hostname or ""
+        port = parts.port or (443 if https else 80)
+        sock = socket.create_connection((host, port), timeout=_left(deadline))
+        try:
+            self._hold(sock)
+            if https:
+                sock.settimeout(_left(deadline))
+                sock = (context or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
+                self._hold(sock)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}",
+                     "Connection: close", "User-Agent: nnwatch"]
+            if user is not None:
+                token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+                lines.append(f"Authorization: Basic {token}")
+            lines += [f"{k}: {v}" for k, v in headers]
+            sock.settimeout(_left(deadline))
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)  # one deadline for it all
+            return _status(sock, deadline)
+        finally:
+            with self._lock:
+                self._sock = None
+            sock.close()
+
+    def _hold(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._aborted:
+                raise ConnectionAbortedError("closing")
+            self._sock = sock
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+def _status(sock: socket.socket, deadline: float) -> int:
+    """Read up to the end of the status line, each read bounded by what is left of the deadline."""
+    buf = b""
+    while b"\r\n" not in buf:
+        sock.settimeout(_left(deadline))
+        chunk = sock.recv(1024)
+        if not chunk:
+            raise ConnectionError("connection closed before a response")
+        buf += chunk
+        if len(buf) > MAX_STATUS_LINE:
+            raise ConnectionError("no HTTP status line")
+    words = buf.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    if len(words) < 2 or not words[0].startswith("HTTP/") or not words[1].isdigit():
+        raise ConnectionError("not an HTTP response")
+    code = int(words[1])
+    if code >= 400:
+        raise HTTPStatusError(code, words[2] if len(words) > 2 else "")
+    return code
+
+
+__all__ = ["Request", "HTTPStatusError"]

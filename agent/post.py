@@ -3,8 +3,10 @@
 urllib's ``timeout`` applies to each socket operation, so a receiver that drips a byte every few seconds holds
 the sender for ever, and nothing can interrupt it from outside. Here the connect, the send and every read get
 what is left of one deadline, and :meth:`Request.abort` (called by ``close()``) shuts the socket down at once.
-Only the response's status line is read. Credentials in the URL become a basic-auth header. Proxy variables
-(``HTTPS_PROXY``) are not used: the receivers are Slack-compatible webhooks and Pushgateways the job reaches.
+Only the response's status line is read. Credentials in the URL become a basic-auth header. The proxy
+variables (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) are honoured as urllib honours them: an https URL
+goes through a ``CONNECT`` tunnel, an http one is sent to the proxy with its absolute URL; the proxy's own
+credentials become ``Proxy-Authorization``. The deadline covers the proxy too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from typing import Iterable
 
 from .redact import split_credentials
@@ -60,16 +63,34 @@ class Request:
         https = parts.scheme == "https"
         host = parts.hostname or ""
         port = parts.port or (443 if https else 80)
-        sock = socket.create_connection((host, port), timeout=_left(deadline))
+        proxy = _proxy_for(parts.scheme, host)
+        proxy_auth: list[str] = []
+        if proxy is not None:
+            p_bare, p_user, p_password = split_credentials(proxy)
+            p_parts = urllib.parse.urlsplit(p_bare if "://" in p_bare else f"http://{p_bare}")
+            if p_user is not None:
+                token = base64.b64encode(f"{p_user}:{p_password or ''}".encode()).decode()
+                proxy_auth = [f"Proxy-Authorization: Basic {token}"]
+            sock = socket.create_connection((p_parts.hostname or "", p_parts.port or 8080), timeout=_left(deadline))
+        else:
+            sock = socket.create_connection((host, port), timeout=_left(deadline))
         try:
             self._hold(sock)
+            if proxy is not None and https:  # a tunnel to the receiver, then TLS inside it
+                sock.settimeout(_left(deadline))
+                sock.sendall(("\r\n".join([f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}", *proxy_auth])
+                              + "\r\n\r\n").encode("latin-1"))
+                _tunnel_open(sock, deadline)
             if https:
                 sock.settimeout(_left(deadline))
                 sock = (context or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
                 self._hold(sock)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}",
-                     "Connection: close", "User-Agent: nnwatch"]
+            host_header = parts.netloc.rpartition("@")[2]  # never the credentials
+            if proxy is not None and not https:  # a plain-http proxy takes the absolute URL
+                target = f"http://{host_header}{target}"
+            lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}", f"Content-Length: {len(body)}",
+                     "Connection: close", "User-Agent: nnwatch", *(proxy_auth if not https else [])]
             if user is not None:
                 token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
                 lines.append(f"Authorization: Basic {token}")
@@ -87,6 +108,31 @@ class Request:
             if self._aborted:
                 raise ConnectionAbortedError("closing")
             self._sock = sock
+
+
+def _proxy_for(scheme: str, host: str) -> str | None:
+    """The proxy URL the environment names for ``scheme`` (None: direct, or ``host`` in NO_PROXY)."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return proxy
+
+
+def _tunnel_open(sock: socket.socket, deadline: float) -> None:
+    """Read the proxy's answer to CONNECT up to the blank line; raises unless it is a 2xx."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        sock.settimeout(_left(deadline))
+        chunk = sock.recv(1024)
+        if not chunk:
+            raise ConnectionError("proxy closed the tunnel")
+        buf += chunk
+        if len(buf) > MAX_STATUS_LINE:
+            raise ConnectionError("no answer to CONNECT")
+    words = buf.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    if len(words) < 2 or not words[1].startswith("2"):
+        raise ConnectionError(f"proxy refused the tunnel: {' '.join(words[1:])}")
 
 
 def _left(deadline: float) -> float:

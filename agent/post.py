@@ -121,18 +121,23 @@ def _proxy_for(scheme: str, host: str) -> str | None:
 
 def _tunnel_open(sock: socket.socket, deadline: float) -> None:
     """Read the proxy's answer to CONNECT up to the blank line; raises unless it is a 2xx."""
+    words = _read_until(sock, b"\r\n\r\n", deadline, "the proxy's answer to CONNECT")
+    if len(words) < 2 or not words[1].startswith("2"):
+        raise ConnectionError(f"proxy refused the tunnel: {' '.join(words[1:])}")
+
+
+def _read_until(sock: socket.socket, end: bytes, deadline: float, what: str) -> list[str]:
+    """Read until ``end`` arrives, each read bounded by what is left of the deadline; the first line's words."""
     buf = b""
-    while b"\r\n\r\n" not in buf:
+    while end not in buf:
         sock.settimeout(_left(deadline))
         chunk = sock.recv(1024)
         if not chunk:
-            raise ConnectionError("proxy closed the tunnel")
+            raise ConnectionError(f"connection closed before {what}")
         buf += chunk
         if len(buf) > MAX_STATUS_LINE:
-            raise ConnectionError("no answer to CONNECT")
-    words = buf.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-    if len(words) < 2 or not words[1].startswith("2"):
-        raise ConnectionError(f"proxy refused the tunnel: {' '.join(words[1:])}")
+            raise ConnectionError(f"no {what}")
+    return buf.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
 
 
 def _left(deadline: float) -> float:
@@ -144,16 +149,7 @@ def _left(deadline: float) -> float:
 
 def _status(sock: socket.socket, deadline: float) -> int:
     """Read up to the end of the status line, each read bounded by what is left of the deadline."""
-    buf = b""
-    while b"\r\n" not in buf:
-        sock.settimeout(_left(deadline))
-        chunk = sock.recv(1024)
-        if not chunk:
-            raise ConnectionError("connection closed before a response")
-        buf += chunk
-        if len(buf) > MAX_STATUS_LINE:
-            raise ConnectionError("no HTTP status line")
-    words = buf.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    words = _read_until(sock, b"\r\n", deadline, "an HTTP status line")
     if len(words) < 2 or not words[0].startswith("HTTP/") or not words[1].isdigit():
         raise ConnectionError("not an HTTP response")
     code = int(words[1])

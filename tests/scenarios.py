@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -103,9 +103,10 @@ def attach(model: nn.Module, opt: torch.optim.Optimizer | None, **kw) -> "agent.
 def fit(model: nn.Module, opt: torch.optim.Optimizer, mon: "agent.Monitor", steps: int, *, sched=None,
         image: bool = False, transform: Callable | None = None, loss_fn: Callable | None = None,
         seed: int = 0, batch: int = 64, size: int | None = None,
-        relabel: Callable | None = None) -> "agent.Monitor":
+        relabel: Callable | None = None, data: Iterable | None = None) -> "agent.Monitor":
+    """Train for ``steps`` batches of digits (or over ``data``, an iterable of (inputs, targets))."""
     loss_fn = loss_fn or F.cross_entropy
-    for step, (x, y) in enumerate(batches(steps, batch, seed, image, size)):
+    for step, (x, y) in enumerate(batches(steps, batch, seed, image, size) if data is None else data):
         if transform is not None:
             x = transform(step, x)
         if relabel is not None:
@@ -402,16 +403,7 @@ def healthy_label_smoothing_class_weights():
     loss_fn = nn.CrossEntropyLoss(weight=weight / weight.mean(), label_smoothing=0.1)
     m = mlp()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    mon = attach(m, opt)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        opt.zero_grad()
-        loss = loss_fn(m(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    return fit(m, opt, attach(m, opt), 0, loss_fn=loss_fn, data=random_batches(x, y, 200))
 
 
 @scenario("a balanced sampler (WeightedRandomSampler) over a skewed dataset")
@@ -424,14 +416,7 @@ def healthy_balanced_sampler():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, sampler=sampler)
     m = mlp()
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    mon = attach(m, opt)
-    for xb, yb in loader:
-        opt.zero_grad()
-        loss = F.cross_entropy(m(xb), yb)
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    return fit(m, opt, attach(m, opt), 0, data=loader)
 
 
 @scenario("sequence tagging with padded batches: cross_entropy(ignore_index=-100) over every token")
@@ -461,15 +446,8 @@ def healthy_multilabel_bce():
     torch.manual_seed(0)
     m = mlp(d_out=3)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    mon = attach(m, opt, num_classes=None)
-    loss_fn = nn.BCEWithLogitsLoss()
-    for x, y in multilabel_batches(200):
-        opt.zero_grad()
-        loss = loss_fn(m(x), y)
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    return fit(m, opt, attach(m, opt, num_classes=None), 0, loss_fn=nn.BCEWithLogitsLoss(),
+               data=multilabel_batches(200))
 
 
 @scenario("MSE regression on standardised tabular features (digit value from its pixels)")
@@ -765,15 +743,8 @@ def broken_sigmoid_into_bce_with_logits():
     torch.manual_seed(0)
     m = nn.Sequential(mlp(d_out=3), nn.Sigmoid())
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    mon = attach(m, opt, num_classes=None)
-    loss_fn = nn.BCEWithLogitsLoss()
-    for x, y in multilabel_batches(200):
-        opt.zero_grad()
-        loss = loss_fn(m(x), y)
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    return fit(m, opt, attach(m, opt, num_classes=None), 0, loss_fn=nn.BCEWithLogitsLoss(),
+               data=multilabel_batches(200))
 
 
 def sorted_batches(n: int, batch: int = 64, per_class: int = 640):
@@ -797,14 +768,15 @@ def broken_sorted_by_label():
     torch.manual_seed(0)
     m = mlp()
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    mon = attach(m, opt)
-    for x, y in sorted_batches(200):
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    return fit(m, opt, attach(m, opt), 0, data=sorted_batches(200))
+
+
+def random_batches(x: torch.Tensor, y: torch.Tensor, n: int, batch: int = 64):
+    """``n`` batches drawn at random (with replacement) from ``(x, y)``."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        yield x[idx], y[idx]
 
 
 def imbalanced_digits(share: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
@@ -822,16 +794,7 @@ def broken_imbalanced_labels():
     x, y = imbalanced_digits()
     m = mlp()
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    mon = attach(m, opt)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    return fit(m, opt, attach(m, opt), 0, data=random_batches(x, y, 200))
 
 
 @scenario("raw 0-255 pixel values fed to a CNN (the normalisation transform was left out)",
@@ -871,15 +834,8 @@ def broken_repeated_batch():
     torch.manual_seed(0)
     m = mlp()
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    mon = attach(m, opt)
-    for _ in range(120):
-        x, y = next(iter(batches(1)))  # the bug: a fresh iterator, so always the first batch
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        mon.log(loss=loss)
-    return mon
+    # the bug: a fresh iterator every step, so always the first batch
+    return fit(m, opt, attach(m, opt), 0, data=(next(iter(batches(1))) for _ in range(120)))
 
 
 # The first updates throw the weight norm out several-fold and the loss jumps: divergence, whose line lists the

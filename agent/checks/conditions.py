@@ -13,8 +13,7 @@ from typing import Any, Iterator
 
 from ..snapshot import Snapshot
 from .catalogue import BY_NAME, Check
-from .data_conditions import (class_imbalance, graph_retained, inputs_not_normalized,  # noqa: F401 (CONDITIONS)
-                              probabilities_as_logits, repeated_batches, unshuffled_batches)
+from .data_conditions import DATA_CONDITIONS
 
 Condition = tuple["str | None", float, dict[str, Any]]
 """(module or None, the number that shows it, extra template fields)"""
@@ -262,7 +261,8 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     if s.first_loss is not None and math.isfinite(s.first_loss):
         best = min(best, s.first_loss)
     window = int(e.th(c, "window"))
-    norms = [h.weight_norm for h in list(e.history)[-(window + 1):]]
+    history = list(e.history)
+    norms = [h.weight_norm for h in history[-(window + 1):]]
     start = getattr(getattr(m, "params", None), "initial_weight_norm", None)  # at attach, before any update
     far = best > 0 and s.loss >= e.th(c, "loss_rise") * best
     if not norms or norms[-1] is None:
@@ -278,7 +278,6 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         return
     if any(n is None or not math.isfinite(n) or n <= 0 for n in norms):
         return
-    history = list(e.history)
     if len(norms) == window + 1:
         rising = all(b > a * (1 + e.th(c, "min_step_growth")) for a, b in zip(norms, norms[1:]))  # a runaway
         growth = norms[-1] / norms[0]
@@ -367,5 +366,5 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-CONDITIONS = {name: fn for name, fn in list(globals().items()) if name in BY_NAME}
+CONDITIONS = {**{name: fn for name, fn in list(globals().items()) if name in BY_NAME}, **DATA_CONDITIONS}
 """Check name -> its condition function."""

@@ -126,3 +126,8 @@ def repeated_batches(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Conditio
 def graph_retained(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     if s.retained_graphs >= e.th(c, "graphs"):
         yield None, float(s.retained_graphs), {"oldest": s.retained_since}
+
+
+DATA_CONDITIONS = {fn.__name__: fn for fn in (probabilities_as_logits, unshuffled_batches, class_imbalance,
+                                               inputs_not_normalized, repeated_batches, graph_retained)}
+"""Check name -> its condition function, for agent.checks.conditions.CONDITIONS."""

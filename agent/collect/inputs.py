@@ -12,6 +12,7 @@ device reductions only, fetched with the sample's one batched copy.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -107,8 +108,6 @@ class GraphTokens:
 
     def plant(self, output: Any, step: int) -> None:
         """Register a token on the graph of this sampled step's output (the first tensor with a grad_fn)."""
-        import weakref
-
         t = output if isinstance(output, Tensor) else first_tensor(tuple(output) if isinstance(output, (list, tuple)) else (output,), {})
         fn = getattr(t, "grad_fn", None) if isinstance(t, Tensor) else None
         if fn is None or (self._tokens and self._tokens[-1][0] == step):

@@ -79,8 +79,21 @@ def bad(request):
     r.close()
 
 
+_BEFORE: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _threads_before_the_test():
+    """Monitors another test in this worker left open keep their threads: only this test's count."""
+    _BEFORE.clear()
+    _BEFORE.update(threading.enumerate())
+    yield
+
+
 def _nnwatch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("nnwatch") and t.name != "nnwatch-native"]
+    """nnwatch threads started during the running test and still alive."""
+    return [t for t in threading.enumerate()
+            if t.name.startswith("nnwatch") and t.name != "nnwatch-native" and t not in _BEFORE]
 
 
 _MODELS: list[nn.Module] = []  # the monitor holds its model weakly: a model nobody holds closes its monitor

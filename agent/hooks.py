@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .collect.inputs import GraphTokens, InputWatch
 from .collect.lossinputs import LossWatch
+from .collect import scripting
 from .collect.params import optimizer_param_ids
 from .collect.steps import batch_size
 from .collect.weakhook import WeakHook
@@ -34,6 +35,7 @@ class ModelHooks:
         # carries no monitor and is an unwatched model (agent.collect.weakhook).
         self._handles.append(model.register_forward_pre_hook(WeakHook(self, "_on_forward_pre"), with_kwargs=True))
         self._handles.append(model.register_forward_hook(WeakHook(self, "_on_forward"), always_call=True))
+        scripting.acquire(self)  # torch.jit.script(model) compiles without them (agent.collect.scripting)
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(WeakHook(self, "_on_optimizer_pre")))
             self._handles.append(optimizer.register_step_post_hook(WeakHook(self, "_on_optimizer_post")))

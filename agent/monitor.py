@@ -21,7 +21,7 @@ from . import state
 from .checks.delivery import Notifier
 from .checks.engine import CheckEngine
 from .checks.findings import Finding, FindingRecord
-from .collect import native
+from .collect import native, scripting
 from .collect.budget import ForwardCost, SampleSchedule
 from .collect.distributed import RankInfo, exports_per_module, is_sharded, next_fingerprint, unwrap
 from .collect.logged import LoggedValues
@@ -217,6 +217,7 @@ class Monitor(ModelHooks):
         for h in self._handles:
             h.remove()
         self._handles = []
+        scripting.release(self)
         # Within CLOSE_SECONDS whatever the receivers do: the final push first, then the server, then the
         # webhook's queue gets what is left.
         end = time.monotonic() + CLOSE_SECONDS

@@ -114,3 +114,40 @@ def test_jit_trace_of_a_watched_model_records_only_the_model():
         traced = torch.jit.trace(model, torch.randn(2, 6))  # the probe must not leak its ops into the graph
     x = torch.randn(4, 6)
     torch.testing.assert_close(traced(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_jit_script_of_a_watched_model_and_of_its_copy_compiles_without_the_hooks():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with agent.attach(model, opt, port=None, native=False, sample_every=1, overhead_budget=None) as monitor:
+        before = {k: list(v) for k, v in (("post", model._forward_hooks), ("pre", model._forward_pre_hooks))}
+        scripted = torch.jit.script(model)
+        copied = torch.jit.script(copy.deepcopy(model))  # a copy carries no-op hooks: compiles the same way
+        assert {k: list(v) for k, v in (("post", model._forward_hooks), ("pre", model._forward_pre_hooks))} == before
+        x = torch.randn(4, 6)
+        torch.testing.assert_close(scripted(x), model(x))
+        torch.testing.assert_close(copied(x), model(x))
+        for _ in range(3):  # still watched after scripting
+            opt.zero_grad()
+            model(torch.randn(4, 6)).sum().backward()
+            opt.step()
+        assert monitor.snapshot is not None and monitor.snapshot.step >= 2
+
+
+def test_torch_jit_script_is_restored_when_the_last_monitor_closes(monkeypatch):
+    from agent.collect import scripting
+
+    monkeypatch.setattr(scripting, "_owners", set())  # monitors other tests left open do not count here
+    monkeypatch.setattr(scripting, "_original", None)
+    monkeypatch.setattr(torch.jit, "script", getattr(torch.jit.script, "__nnwatch_original__", torch.jit.script))
+    original = torch.jit.script
+    a, b = object(), object()
+    scripting.acquire(a)
+    scripting.acquire(b)
+    wrapped = torch.jit.script
+    assert getattr(wrapped, "__nnwatch_original__", None) is not None
+    scripting.release(a)
+    assert torch.jit.script is wrapped  # b still open
+    scripting.release(b)
+    assert torch.jit.script is original

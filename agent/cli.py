@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-COMMAND_MODULES = ("agent.demo", "agent.ops.rules_cli", "agent.ops.stack", "agent.ops.grafana_push", "agent.collect.native")
+from .ops.cli_args import UsageError
+
+COMMAND_MODULES = ("agent.demo", "agent.ops.rules_cli", "agent.ops.runbooks_cli", "agent.ops.stack", "agent.ops.grafana_push", "agent.collect.native")
 """Modules that add subcommands (missing ones are skipped) and, optionally, generators."""
 
 GENERATOR_MODULES = ("agent.ops.checkdoc", "agent.ops.rules", "agent.ops.dashboards", "agent.ops.chart")
@@ -39,9 +42,9 @@ def generators() -> list[Callable[[Path], list[Path]]]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .ops.paths import repo_root
+    from .ops.paths import generation_root
 
-    root = Path(args.root) if args.root else repo_root()
+    root = generation_root(args.root)
     for gen in generators():
         for path in gen(root):
             print(f"wrote {path.relative_to(root)}")
@@ -60,7 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_generate)
     for mod in _modules(COMMAND_MODULES):
         mod.register(sub)
+    _describe(sub)
     return parser
+
+
+def _describe(sub: argparse._SubParsersAction) -> None:
+    """Give every subcommand's help page a description: its one-line summary where it has none."""
+    summaries = {a.dest: a.help for a in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        if parser.description is None and summaries.get(name):
+            parser.description = summaries[name][0].upper() + summaries[name][1:] + "."
+        for action in parser._actions:  # nested commands (`nnwatch dashboards push`)
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    return int(args.func(args) or 0)
+    args.command_line = shlex.join(["nnwatch", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:  # bad input a user can fix: one line, argparse's exit status
+        print(f"nnwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

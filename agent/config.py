@@ -73,6 +73,10 @@ class Options:
     webhook_digest_seconds: float = 2.0
     """Findings and resolutions posted within this many seconds of the first of a burst go out as one digest
     message (0: one post each)."""
+    runbook_base_url: str | None = None
+    """URL of a copy of docs/runbooks.md (your wiki, an internal docs site, ``nnwatch runbooks --path`` of a
+    shared install); each finding links to ``<url>#<alert name in lower case>``. None: the runbooks installed
+    with the package (a ``file://`` URL on this machine). Env: ``NNWATCH_RUNBOOK_BASE_URL``."""
     log_findings: bool = True
     """Log each finding and its resolution through the ``nnwatch`` logger."""
     console_log: bool = True
@@ -199,6 +203,8 @@ class Options:
             raise ValueError(f"push_interval must be a positive number of seconds or None, got {self.push_interval!r}")
         if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http(s):// URL (e.g. a Slack incoming webhook)")
+        if self.runbook_base_url is not None and not str(self.runbook_base_url).startswith(("http://", "https://", "file://")):
+            raise ValueError(f"runbook_base_url must be an http(s):// or file:// URL of docs/runbooks.md, got {self.runbook_base_url!r}")
         if not _finite_number(self.webhook_digest_seconds) or not 0 <= self.webhook_digest_seconds <= 600:
             raise ValueError(f"webhook_digest_seconds must be a number of seconds in 0..600, got {self.webhook_digest_seconds!r}")
 

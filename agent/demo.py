@@ -14,6 +14,8 @@ import math
 import time
 from typing import Any
 
+from .ops.cli_args import UsageError
+
 FAULTS = ("dead-relu", "no-zero-grad", "lr-zero", "nan", "none")
 
 
@@ -35,10 +37,15 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
-    from sklearn.datasets import load_digits
     from torch import nn
 
     import agent
+
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise UsageError("the demo trains on scikit-learn's bundled digits: pip install 'nnwatch[demo]' "
+                         "(or pip install scikit-learn)") from None
 
     torch.manual_seed(args.seed)
     digits = load_digits()  # 1,797 8x8 images shipped inside scikit-learn: no download

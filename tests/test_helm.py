@@ -226,7 +226,7 @@ def test_rules_follow_values_as_agent_rules_would() -> None:
     config = agent_rules.RulesConfig(
         selector=values["selector"], target_selector=values["targetSelector"],
         expected_jobs=tuple(values["expectedJobs"]), run_labels=values["runLabels"], thresholds=thresholds,
-        for_durations=values["durations"], runbook_base=values["runbookBase"],
+        for_durations=values["durations"], runbook_base_url=values["runbookBaseUrl"],
         extra_labels=values["additionalRuleLabels"], interval=values["interval"],
     )
     rule = one(render(scenario("custom-rules-values.yaml"))[0], "PrometheusRule")

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "agent"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [  # lowest first: a module imports its own layer and lower ones only
-    ("data", ("agent._version", "agent.redact", "agent.snapshot", "agent.checks.catalogue", "agent.checks.thresholds")),  # plain records, the catalogue
+    ("data", ("agent._version", "agent.assets", "agent.redact", "agent.snapshot", "agent.checks.catalogue", "agent.checks.thresholds")),  # plain records, the catalogue
     ("base", ("agent.config", "agent.guard", "agent.console", "agent.post", "agent.webconfig")),  # options, the error guard, default log output
     ("collect", ("agent.collect",)),  # hooks' device statistics, the one transfer, step bookkeeping
     ("consume", ("agent.checks", "agent.export")),  # read snapshots: findings; Prometheus

@@ -16,6 +16,8 @@ from .thresholds import THRESHOLD_DOCS
 
 SEVERITIES = ("critical", "warning", "info")
 RUNBOOK_BASE = "https://github.com/nnwatch/nnwatch/blob/main/docs/runbooks.md"
+"""Where the committed rule files and the Helm chart link by default (docs/runbooks.md of the project's source
+repository); the agent, ``nnwatch rules`` and ``nnwatch stack`` link the installed copy (agent.assets)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,11 @@ class Check:
 
     @property
     def runbook_url(self) -> str:
-        return f"{RUNBOOK_BASE}#{self.alert.lower()}"
+        return self.runbook_at(RUNBOOK_BASE)
+
+    def runbook_at(self, base: str) -> str:
+        """This check's runbook section under ``base`` (the URL of a copy of docs/runbooks.md)."""
+        return f"{base}#{self.alert.lower()}"
 
 
 def alert_name(check: str) -> str:

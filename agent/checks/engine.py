@@ -14,6 +14,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ..assets import runbooks_url
 from ..snapshot import Snapshot
 from .catalogue import BY_NAME, CHECKS, Check
 from .conditions import CONDITIONS, Condition
@@ -66,6 +67,7 @@ class CheckEngine:
         self._tracks: dict[tuple[str, str | None], _Track] = {}
         self._causes_since: dict[str, int] = {}
         self._skipped = frozenset(getattr(options, "skipped_checks", ()))
+        self._runbooks = getattr(options, "runbook_base_url", None) or runbooks_url()
         self.incidents = Incidents(notifier, relog_steps=RELOG_SAMPLES * int(getattr(options, "sample_every", 10) or 10))
         self._eval_lock = threading.RLock()
         self._eval_last_count = 0
@@ -156,7 +158,7 @@ class CheckEngine:
             what = f"{what}; {track.fields['note']}"
         advice = track.fields.get("advice") or check.advice
         return Finding(check=check.name, severity=check.severity, module=module, step=track.since,
-                       message=f"{what}. Try: {advice}.", value=track.value, runbook_url=check.runbook_url,
+                       message=f"{what}. Try: {advice}.", value=track.value, runbook_url=check.runbook_at(self._runbooks),
                        explains=bool(track.fields.get("cause", True)))
 
     # -- stall watcher ------------------------------------------------------------------------------

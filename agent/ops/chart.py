@@ -101,7 +101,7 @@ def _tokenised_config(rules: Any) -> tuple[Any, _Slots]:
         run_labels=slots("{{ $.Values.rules.runLabels }}"),
         thresholds=thresholds,
         for_durations=durations,
-        runbook_base=slots("{{ $.Values.rules.runbookBase }}"),
+        runbook_base_url=slots("{{ $.Values.rules.runbookBaseUrl }}"),
         extra_labels={_EXTRA_LABEL: "x"},
         interval=_INTERVAL,
     )
@@ -294,7 +294,7 @@ def values_schema(rules: Any) -> dict[str, Any]:
                 "expectedJobs": {"type": "array", "items": {"type": "string"},
                                  "description": "Jobs that must always have a target."},
                 "runLabels": string("Labels that identify one training run across its ranks.", minLength=1),
-                "runbookBase": string("Base URL of the runbooks.", minLength=1),
+                "runbookBaseUrl": string("Base URL of the runbooks.", minLength=1),
                 "additionalRuleLabels": labels("Labels added to every alert."),
                 "interval": string('Evaluation interval of the rule groups ("" for the global one).',
                                    pattern=r"^(([0-9]+(ms|s|m|h|d|w|y))+)?$"),

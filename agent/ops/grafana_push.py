@@ -24,9 +24,9 @@ class PushError(RuntimeError):
 def load_dashboards(folder: Path | None) -> list[dict[str, Any]]:
     """The committed dashboards from ``folder`` (default: the checkout's dashboards/), or built in memory
     when no folder has them (an installed package without the checkout)."""
-    from .paths import repo_root
+    from ..assets import asset
 
-    folder = folder if folder is not None else repo_root() / "dashboards"
+    folder = folder if folder is not None else asset("dashboards/nnwatch-overview.json").parent
     paths = [folder / name for name in FILES.values()]
     if all(p.is_file() for p in paths):
         return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
@@ -120,9 +120,9 @@ def push_command(args: argparse.Namespace) -> int:
 def _generate_command(args: argparse.Namespace) -> int:
     from . import chart
     from .dashboards import generate
-    from .paths import repo_root
+    from .paths import generation_root
 
-    root = Path(args.root) if args.root else repo_root()
+    root = generation_root(args.root)
     for path in generate(root) + chart.generate(root):
         print(f"wrote {path.relative_to(root)}")
     return 0

@@ -23,20 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..assets import asset, runbooks_url
 from ..config import DEFAULT_PORT
+from . import cli_args
+from .cli_args import UsageError
 
 log = logging.getLogger("nnwatch")
 
 SECRETS_DIR = "/etc/alertmanager/secrets/nnwatch/"
 """Where the shipped alertmanager.yml expects its secret files (a mounted Kubernetes Secret)."""
-
-
-def _alerts_dir() -> Path | None:
-    """alerts/ of the source checkout this package runs from, when there is one."""
-    from .paths import repo_root
-
-    path = repo_root() / "alerts"
-    return path if (path / "alertmanager.yml").is_file() else None
 
 
 def _binary(names: tuple[str, ...], package: str) -> str:
@@ -129,11 +124,16 @@ def _start(name: str, argv: list[str], port: int, state: Path, timeout: float = 
 def run(args: argparse.Namespace) -> int:
     prometheus = _binary(("prometheus",), "prometheus")
     alertmanager = _binary(("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager")
-    alerts = _alerts_dir()
-    am_source = Path(args.alertmanager_config) if args.alertmanager_config else (alerts / "alertmanager.yml" if alerts else None)
-    if am_source is None:
-        raise SystemExit("nnwatch stack: alerts/alertmanager.yml not found (run from a source checkout, "
-                         "or pass --alertmanager-config FILE)")
+    cli_args.duration(args.scrape_interval, "--scrape-interval", positive=True)
+    for flag, value in (("--rules", args.rules), ("--slack-webhook-url-file", args.slack_webhook_url_file),
+                        ("--pagerduty-routing-key-file", args.pagerduty_routing_key_file)):
+        if value is not None and not Path(value).is_file():
+            raise UsageError(f"{flag}: {value} is not a file")
+    if args.runbook_base_url is not None:
+        cli_args.url(args.runbook_base_url, "--runbook-base-url")
+    am_source = Path(args.alertmanager_config) if args.alertmanager_config else asset("alerts/alertmanager.yml")
+    if not am_source.is_file():
+        raise UsageError(f"--alertmanager-config: {am_source} does not exist")
     templates = am_source.parent / "templates"
 
     temporary = args.dir is None
@@ -141,13 +141,12 @@ def run(args: argparse.Namespace) -> int:
     state.mkdir(parents=True, exist_ok=True)
     if args.rules:
         rules = Path(args.rules).resolve()
-    elif alerts is not None:
-        rules = alerts / "nnwatch.rules.yml"
-    else:  # an installed package without the checkout: the same rules, rendered here (JSON is YAML)
+    else:  # the shipped rules, linking the runbooks installed here (JSON is YAML)
         from .rules import RulesConfig, render_groups
 
         rules = state / "nnwatch.rules.yml"
-        rules.write_text(json.dumps({"groups": render_groups(RulesConfig())}, indent=1))
+        config = RulesConfig(runbook_base_url=args.runbook_base_url or runbooks_url())
+        rules.write_text(json.dumps({"groups": render_groups(config)}, indent=1))
 
     am_cfg = alertmanager_config(am_source, templates.resolve(), args.slack_webhook_url_file,
                                  args.pagerduty_routing_key_file)
@@ -218,7 +217,9 @@ def register(sub: Any) -> None:
     p.add_argument("--alertmanager-port", type=int, default=9093, help="Alertmanager port on 127.0.0.1 (default: 9093)")
     p.add_argument("--slack-webhook-url-file", help="file holding a Slack incoming-webhook URL (warnings go there)")
     p.add_argument("--pagerduty-routing-key-file", help="file holding a PagerDuty Events v2 routing key (pages)")
-    p.add_argument("--rules", help="alert rule file (default: the shipped alerts/nnwatch.rules.yml)")
+    p.add_argument("--rules", help="alert rule file (default: the shipped rules, rendered with --runbook-base-url)")
+    p.add_argument("--runbook-base-url", help="URL of your copy of docs/runbooks.md that alerts link to "
+                   "(default: the runbooks installed with nnwatch)")
     p.add_argument("--alertmanager-config", help="Alertmanager config (default: the shipped alerts/alertmanager.yml)")
     p.add_argument("--dir", help="keep configs, logs and data in this directory (default: a temporary one, removed)")
     p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)  # tests: stop after N seconds

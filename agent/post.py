@@ -12,13 +12,14 @@ credentials become ``Proxy-Authorization``. The deadline covers the proxy too.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import Iterable
+from typing import Any, Iterable
 
 from .redact import split_credentials
 
@@ -71,9 +72,9 @@ class Request:
             if p_user is not None:
                 token = base64.b64encode(f"{p_user}:{p_password or ''}".encode()).decode()
                 proxy_auth = [f"Proxy-Authorization: Basic {token}"]
-            sock = socket.create_connection((p_parts.hostname or "", p_parts.port or 8080), timeout=_left(deadline))
+            sock = _connect(p_parts.hostname or "", p_parts.port or 8080, deadline)
         else:
-            sock = socket.create_connection((host, port), timeout=_left(deadline))
+            sock = _connect(host, port, deadline)
         try:
             self._hold(sock)
             if proxy is not None and https:  # a tunnel to the receiver, then TLS inside it
@@ -138,6 +139,49 @@ def _read_until(sock: socket.socket, end: bytes, deadline: float, what: str) -> 
         if len(buf) > MAX_STATUS_LINE:
             raise ConnectionError(f"no {what}")
     return buf.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+
+
+def _resolve(host: str, port: int, deadline: float) -> list[tuple]:
+    """getaddrinfo under the deadline: a name lookup runs in a short-lived daemon thread (the resolver itself
+    cannot be interrupted; a lookup past the deadline is abandoned, and its thread ends with the lookup)."""
+    try:
+        ipaddress.ip_address(host)
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # a literal: no lookup
+    except ValueError:
+        pass
+    done = threading.Event()
+    box: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            box.append(exc)
+        done.set()
+
+    threading.Thread(target=lookup, name="nnwatch-resolve", daemon=True).start()
+    if not done.wait(_left(deadline)):
+        raise TimeoutError(f"resolving {host} took longer than the deadline")
+    if isinstance(box[0], OSError):
+        raise box[0]
+    return box[0]
+
+
+def _connect(host: str, port: int, deadline: float) -> socket.socket:
+    """A TCP connection to the first address of ``host`` that answers, all within the deadline."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _resolve(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_left(deadline))
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+            if isinstance(exc, TimeoutError):
+                raise
+    raise error or OSError(f"no address for {host}")
 
 
 def _left(deadline: float) -> float:

@@ -26,6 +26,7 @@ import json
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -259,6 +260,8 @@ class Samples:
     head_series: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
     groups: dict[str, list[float]] = field(default_factory=dict)
+    missed: dict[str, float] = field(default_factory=dict)
+    """Evaluations each group skipped because the previous one overran the interval (latest count)."""
 
     def take(self, prom: str) -> None:
         m = prom_metrics(prom)
@@ -266,6 +269,8 @@ class Samples:
         self.rss += [v for _, v in m.get("process_resident_memory_bytes", [])]
         for labels, v in m.get("prometheus_rule_group_last_duration_seconds", []):
             self.groups.setdefault(labels["rule_group"].rsplit(";", 1)[-1], []).append(v)
+        for labels, v in m.get("prometheus_rule_group_iterations_missed_total", []):
+            self.missed[labels["rule_group"].rsplit(";", 1)[-1]] = v
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -460,7 +465,9 @@ def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
             "scrape_samples": _by_rank0(prom.url, "scrape_samples_scraped"),
             "scrape_duration_s": _by_rank0(prom.url, "scrape_duration_seconds"),
             "rule_group_eval_s": {g: _stats(v) for g, v in sorted(samples.groups.items())},
+            "rule_group_missed_evaluations": samples.missed,
             "slowest_rules": slowest_rules(prom.url),
+            "rule_samples": rule_costs(prom.url, scaled_rules(cfg.scale, cfg.scrape_interval)),
             "prometheus_rss_bytes": _stats(samples.rss),
             "prometheus_cpu_cores": round((prom_cpu1 - prom_cpu0) / window, 3),
             "fleet_server_cpu_cores": round((cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / window, 3),
@@ -475,7 +482,7 @@ def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         if vm is not None:
             end = time.time() - 2 * cfg.scrape_interval
             result["remote_write"] = {
-                "store": "victoria-metrics " + _vm_version(vm.url),
+                "store": f"victoria-metrics {_vm_version()}".strip(),
                 "series": scalar(vm.url, f'count({{__name__=~"nnwatch_.*", job="{job_name(0)}"}})'),
                 "series_prometheus": scalar(prom.url, f'count({{__name__=~"nnwatch_.*", job="{job_name(0)}"}})'),
                 "rss_bytes": _first(prom_metrics(vm.url).get("process_resident_memory_bytes")),
@@ -544,10 +551,34 @@ def slowest_rules(prom: str, n: int = 5) -> list[dict[str, Any]]:
     return rules[:n]
 
 
-def _vm_version(url: str) -> str:
-    for labels, _ in prom_metrics(url).get("vm_app_version", []):
-        return labels.get("short_version") or labels.get("version", "")
-    return ""
+def rule_costs(prom: str, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Samples each rule's expression reads in one evaluation (Prometheus query stats, independent of the
+    machine's load) and its evaluation time as an instant query; per group totals and the costliest rules."""
+    rules, totals = [], {}
+    for g in groups:
+        for r in g["rules"]:
+            params = urllib.parse.urlencode({"query": r["expr"], "stats": "all"})
+            reply = get_json(f"{prom}/api/v1/query?{params}", timeout=60)
+            stats = reply["data"].get("stats", {})
+            samples = stats.get("samples", {}).get("totalQueryableSamples")
+            seconds_ = stats.get("timings", {}).get("evalTotalTime")
+            rules.append({"group": g["name"], "rule": r.get("alert") or r.get("record"), "samples": samples,
+                          "seconds": seconds_})
+            t = totals.setdefault(g["name"], {"samples": 0, "seconds": 0.0})
+            t["samples"] += samples or 0
+            t["seconds"] += seconds_ or 0.0
+    rules.sort(key=lambda r: -(r["samples"] or 0))
+    return {"per_group": totals, "costliest": rules[:6]}
+
+
+def _vm_version() -> str:
+    """The installed VictoriaMetrics version (Debian's build reports none over HTTP)."""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "victoria-metrics"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -578,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[fleet {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     try:
         result = run(cfg, log)
     finally:

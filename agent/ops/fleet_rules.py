@@ -21,8 +21,9 @@ def _vs_median(c: Any, series: str) -> str:
 
 def _rank_desync(c: Any) -> str:
     # The fingerprint is taken at the same step on every rank; latest norms are not (scrapes are not steps).
+    # |s / median - 1| is |s - median| / median with the median of the ranks computed once, not twice.
     s = c.m("nnwatch_weight_fingerprint", 'rank!=""')
-    return f"abs({s}\n  - {_vs_median(c, s)})\n/ {_vs_median(c, s)}\n> {c.param('rank_desync.tolerance')}"
+    return f"abs(\n  {s}\n  / {_vs_median(c, s)}\n  - 1\n)\n> {c.param('rank_desync.tolerance')}"
 
 
 def _straggler(c: Any) -> str:
@@ -35,9 +36,8 @@ def _straggler(c: Any) -> str:
 
 def _throughput(c: Any) -> str:
     ratio, window = c.param("throughput_drop.ratio"), c.param("throughput_drop.window")
-    samples, steps = "nnwatch:samples_per_second:rate5m", "nnwatch:steps_per_second:rate5m"
-    return (f"{samples} < {ratio} * quantile_over_time(0.5, {samples}[{window}])\nor\n"
-            f"(\n  {steps} < {ratio} * quantile_over_time(0.5, {steps}[{window}])\n  unless {samples}\n)")
+    t = "nnwatch:throughput:rate5m"
+    return f"{t} < {ratio} * quantile_over_time(0.5, {t}[{window}])"
 
 
 def _gpu(tier: str) -> Callable[[Any], str]:
@@ -76,8 +76,8 @@ def _fleet_rules() -> list[Rule]:
              "15m", _throughput,
              lambda c: f"throughput of {WHERE} fell to {NUM}/s, below "
                        f"{c.param('throughput_drop.ratio')} of its median over {c.param('throughput_drop.window')}.",
-             "raw: recording rules nnwatch:samples_per_second:rate5m (or steps when samples are not counted) "
-             "against their own median.", value=NUM + "/s"),
+             "raw: recording rule nnwatch:throughput:rate5m (samples/s, or steps/s where samples are not "
+             "counted) against its own median.", value=NUM + "/s"),
         Rule("NNWatchGPUMemoryNearCapacity", "NNWatchGPUMemoryNearCapacity", "warning", "GPU memory is nearly full.",
              "15m", _gpu("warning"), lambda c: gpu_desc,
              "raw: nnwatch_gpu_memory_used_bytes / nnwatch_gpu_memory_total_bytes (NVML, all processes).", value=pct),

@@ -281,15 +281,20 @@ ALERTS: tuple[str, ...] = tuple(dict.fromkeys(r.alert for r in RULES))
 
 
 def _recording(c: RulesConfig) -> list[dict[str, Any]]:
-    steps = c.m("nnwatch_steps_total")
+    # Every rank's counters are read once per evaluation: steps/s is recorded first and the per-step means
+    # divide by it (rules of one group run in order), instead of each recomputing rate(steps) over every rank.
+    steps = "nnwatch:steps_per_second:rate5m"
     return [
+        {"record": steps, "expr": f"rate({c.m('nnwatch_steps_total')}[5m])"},
+        {"record": "nnwatch:samples_per_second:rate5m", "expr": f"rate({c.m('nnwatch_samples_total')}[5m])"},
         {"record": "nnwatch:step_seconds:mean5m",
-         "expr": f"rate({c.m('nnwatch_step_time_seconds_total')}[5m]) / rate({steps}[5m])"},
+         "expr": f"rate({c.m('nnwatch_step_time_seconds_total')}[5m]) / {steps}"},
         {"record": "nnwatch:rank_work_seconds:mean5m",
          "expr": (f"(rate({c.m('nnwatch_forward_time_seconds_total')}[5m]) + "
-                  f"rate({c.m('nnwatch_input_wait_seconds_total')}[5m]))\n/ rate({steps}[5m])")},
-        {"record": "nnwatch:steps_per_second:rate5m", "expr": f"rate({steps}[5m])"},
-        {"record": "nnwatch:samples_per_second:rate5m", "expr": f"rate({c.m('nnwatch_samples_total')}[5m])"},
+                  f"rate({c.m('nnwatch_input_wait_seconds_total')}[5m]))\n/ {steps}")},
+        # One throughput series per rank (samples/s where the agent counts samples, else steps/s), so that
+        # NNWatchThroughputDrop takes its 1h median over one series per rank, not over both.
+        {"record": "nnwatch:throughput:rate5m", "expr": f"nnwatch:samples_per_second:rate5m\nor\n{steps}"},
     ]
 
 

@@ -59,7 +59,9 @@ class Options:
     seconds the first time on a machine, cached afterwards; without a C++ compiler the torch-op path is
     used. No effect on GPU models. Env: ``NNWATCH_NATIVE=0`` also turns it off."""
     dead_window: int = 8
-    """A unit counts as dead when it was never positive in this many consecutive sampled forward passes."""
+    """A unit counts as dead when it was never positive in the forward passes of this many consecutive sampled
+    steps, and over at least 256 observed positions (more steps when they saw fewer: a policy acting one state
+    at a time)."""
     max_modules: int = 200
     """Cap on per-module series (each of: parameter layers, activations). Totals always cover the whole model."""
     num_classes: int | None = None

@@ -72,6 +72,12 @@ class Snapshot:
     """Unix time of the step boundary, seconds."""
     loss: float | None = None
     """Mean of the losses logged since the previous sample."""
+    loss_min: float | None = None
+    """Smallest loss logged since the previous sample (a loss below 0 is a surrogate objective, not a distance
+    to a perfect fit: the checks that compare losses as ratios then stand aside)."""
+    samples_per_step: float | None = None
+    """Mean samples (batch rows of the training forwards) per step since the previous sample. A loss summed over
+    a varying amount of data (an RL episode's steps) changes with it, not with training."""
     loss_nonfinite: int = 0
     loss_nonfinite_step: int | None = None
     """Training step of the first non-finite loss logged since the previous sample (None: none seen)."""

@@ -185,6 +185,20 @@ def test_loss_not_decreasing_ignores_a_decreasing_loss_and_lr_warmup():
     assert not any(e[1] == "loss_not_decreasing" for e in rec.events + rec2.events)
 
 
+def test_loss_not_decreasing_stands_aside_for_a_loss_that_goes_negative():
+    """A policy-gradient loss (-log p x normalised return) swings around 0: "improved -561% and still 661% of
+    its start" means nothing. One logged loss below 0 (even inside an interval whose mean is positive) is enough."""
+    eng, rec = engine()
+    mon = fake_monitor()
+    for i in range(40):
+        eng.evaluate(snap(i, loss=0.5 + 0.01 * (i % 2), loss_min=-0.2 if i == 3 else 0.4), mon)
+    assert not any(e[1] == "loss_not_decreasing" for e in rec.events)
+    eng2, rec2 = engine()  # the same flat curve, never negative: fires
+    for i in range(40):
+        eng2.evaluate(snap(i, loss=0.5 + 0.01 * (i % 2), loss_min=0.4), mon)
+    assert any(e[1] == "loss_not_decreasing" for e in rec2.events)
+
+
 @pytest.mark.parametrize("first,fires", [(2.30, False), (2.7, False), (3.2, True), (9.0, True), (0.3, True)])
 def test_loss_at_init(first, fires):
     eng, rec = engine(num_classes=10)
@@ -367,3 +381,22 @@ def test_no_divergence_for_a_weight_edit_from_outside_the_optimizer():
     for i, (w, loss) in enumerate(zip(norms, losses)):
         eng.evaluate(snap(i * 10, first_loss=2.3, loss=loss, layers=(layer(weight=w, update=w * 1e-3),)), mon)
     assert not [e for e in rec.events if e[1] == "divergence"]
+
+
+def _episodes(lengths, losses, norms):
+    """An actor-critic whose loss is summed over an episode's time steps: the loss follows the episode length."""
+    eng, rec = engine()
+    mon = fake_monitor(params=SimpleNamespace(initial_weight_norm=norms[0]))
+    for i, (n, loss, w) in enumerate(zip(lengths, losses, norms)):
+        eng.evaluate(snap(i * 10, first_loss=losses[0], loss=loss, samples_per_step=n,
+                          layers=(layer(weight=w, update=w * 1e-2),)), mon)
+    return {e[1] for e in rec.events if e[0] == "fired"}
+
+
+def test_a_loss_that_rises_with_the_data_per_step_is_neither_a_spike_nor_divergence():
+    lengths = [10.0] * 14 + [40.0, 80.0, 120.0, 160.0]  # the policy starts to balance: longer episodes
+    losses = [0.3 + 0.01 * (i % 3) for i in range(14)] + [4.0, 9.0, 13.0, 19.0]  # summed over the episode
+    norms = [5.0 * 1.02 ** i for i in range(14)] + [6.6, 8.5, 11.0, 14.0]  # weights growing while learning
+    assert not _episodes(lengths, losses, norms) & {"loss_spike", "divergence", "loss_not_decreasing"}
+    # The same curves with a constant amount of data per step: the rise is the run's own.
+    assert {"loss_spike", "divergence"} <= _episodes([10.0] * 18, losses, norms)

@@ -190,7 +190,9 @@ def test_functional_and_module_activations_are_measured_dead_vs_healthy():
         model.b.bias.fill_(-100.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     mon = agent.attach(model, opt, port=None, sample_every=1)
-    train(model, opt, 3, monitor=mon)
+    train(model, opt, 7, monitor=mon)  # 7 x 32 rows: fewer than DEAD_MIN_ROWS observed, no verdict yet
+    assert {a.key: a.dead_ratio for a in mon.snapshot.activations}["act"] is None
+    train(model, opt, 1, monitor=mon)  # 256 rows
     acts = {a.key: a for a in mon.snapshot.activations}
     assert set(acts) == {"(root):relu", "act", "(root):tanh"}
     assert acts["act"].dead_ratio == 1.0 and acts["act"].kind == "relu"
@@ -688,4 +690,43 @@ def test_a_nan_cuda_loss_is_seen_without_a_sync_between_samples():
         torch.cuda.set_sync_debug_mode(0)
     [record] = [r for r in mon.history if r.check == "nonfinite_values"]
     assert 53 <= record.first_step <= 56 and record.last_logged < 70  # seen through the async copy, not at step 80
+    mon.close()
+
+
+def test_dead_units_need_enough_observed_rows_when_each_forward_sees_one_sample():
+    """A policy acting one state at a time: eight forwards are eight observations. A unit that fires on ~5% of
+    inputs is not dead; a unit that never fires is, once DEAD_MIN_ROWS positions were seen."""
+    from agent.collect.probes import DEAD_MIN_ROWS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[:, 0] = 1.0
+        model[0].bias[:32] = -1.645  # unit fires when x0 > 1.645: on 5% of standard-normal inputs
+        model[0].bias[32:] = -100.0  # never fires: dead
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = agent.attach(model, opt, port=None, sample_every=1, overhead_budget=None, checks=False)
+    ratios = []
+    for _ in range(DEAD_MIN_ROWS + 40):
+        opt.zero_grad()
+        model(torch.randn(1, 4)).sum().backward()
+        opt.step()
+        ratios.append(next(a.dead_ratio for a in mon.snapshot.activations))
+    mon.close()
+    assert all(r is None for r in ratios[: DEAD_MIN_ROWS - 1])  # not enough evidence yet
+    assert ratios[-1] == 0.5  # the 32 units at -100 only: the rare firers are alive within the window
+
+
+def test_snapshot_carries_the_smallest_loss_of_its_interval():
+    model = SmallMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = agent.attach(model, opt, port=None, sample_every=2, overhead_budget=None, checks=False)
+    for loss in (0.7, -0.3, 0.9, 1.1):  # steps 0 (sampled), 1, 2 (sampled), 3
+        opt.zero_grad()
+        model(torch.randn(4, 16)).sum().backward()
+        opt.step()
+        mon.log(loss=torch.tensor(loss))
+        if mon.step_index == 3:
+            assert mon.snapshot.loss_min == pytest.approx(-0.3) and mon.snapshot.loss > mon.snapshot.loss_min
     mon.close()

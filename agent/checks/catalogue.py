@@ -112,10 +112,10 @@ CHECKS: tuple[Check, ...] = (
     _c(
         name="dead_units", severity="warning", scope="module",
         catches="dead ReLUs: units that never activate",
-        signal="fraction of units never positive across a window of sampled batches",
+        signal="fraction of units never positive across a window of sampled steps (at least 256 observed positions)",
         summary="Many units of an activation layer never activate.",
         description="activation {module}: {value:.0%} of {units} units never positive over the last "
-                    "{window} sampled batches, since step {since}",
+                    "{window} sampled steps, since step {since}",
         advice="check the init and biases of the layer before it (large negative biases kill units), lower the "
                "learning rate, or use LeakyReLU/GELU",
         thresholds={"ratio": 0.5}, hold=3, warmup=0, prometheus_for="15m", seed="003 (number of dead units)",

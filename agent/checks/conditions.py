@@ -96,6 +96,10 @@ def loss_not_decreasing(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condi
     losses = [v for _, v in e.losses][-2 * w:]
     if len(losses) < 2 * w or s.loss is None or len(e.loss_start) < w:
         return
+    # Progress is measured as a share of the distance to 0: a loss that goes negative (a policy-gradient or
+    # other surrogate objective, a log-likelihood of continuous data) has no such distance.
+    if getattr(e, "loss_negative", False) or _more_data(e, s):
+        return
     # While the learning rate is still warming up, a flat loss is expected.
     lrs = [max(h.learning_rates) for h in list(e.history)[-2 * w:] if h.learning_rates]
     if len(lrs) >= 2 * w and max(lrs[w:]) > 1.05 * max(lrs[:w]):
@@ -233,10 +237,27 @@ def overfitting(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
                                    "train_then": train_then}
 
 
+DATA_GROWTH = 1.5
+"""A loss now against losses of samples that saw under 1/1.5 of the samples per step: a loss summed over the
+data of a step (an RL episode's time steps, a variable number of sequences) rises with the data, not because
+training went wrong, so the checks that read a rising loss stand aside."""
+
+
+def _more_data(e: Any, s: Snapshot, last: int | None = None) -> bool:
+    """Whether ``s`` saw over DATA_GROWTH x the median samples per step of the earlier samples (the last
+    ``last`` of them, or all kept)."""
+    now = s.samples_per_step
+    earlier = [h.samples_per_step for h in list(e.history)[:-1] if h is not s][-(last or len(e.history)):]
+    earlier = [n for n in earlier if n]
+    return bool(now and earlier) and now > DATA_GROWTH * statistics.median(earlier)
+
+
 def loss_spike(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     # Far above the recent median and far outside the recent spread: one noisy batch is neither. Before there
     # is a history, far above the first loss (measured before any update) is a spike too.
     if s.loss is None or not math.isfinite(s.loss):
+        return
+    if _more_data(e, s, int(e.th(c, "history"))):
         return
     past = [v for _, v in list(e.losses)[:-1]][-int(e.th(c, "history")):]
     factor = e.th(c, "factor")
@@ -277,6 +298,8 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
             yield None, norms[-1], {**fields, "growth": norms[-1] / norms[0] if norms[0] else math.inf}
         return
     if any(n is None or not math.isfinite(n) or n <= 0 for n in norms):
+        return
+    if _more_data(e, s):  # the loss rose with the data of a step, not away from its basin
         return
     if len(norms) == window + 1:
         rising = all(b > a * (1 + e.th(c, "min_step_growth")) for a, b in zip(norms, norms[1:]))  # a runaway

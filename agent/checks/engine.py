@@ -63,6 +63,7 @@ class CheckEngine:
         self.history: deque[Snapshot] = deque(maxlen=64)
         self.losses: deque[tuple[int, float]] = deque(maxlen=512)
         self.loss_start: list[float] = []  # the first window of losses, kept for "still near its start"
+        self.loss_negative = False  # a logged loss went below 0: relative progress means nothing
         self.samples = 0
         self._tracks: dict[tuple[str, str | None], _Track] = {}
         self._causes_since: dict[str, int] = {}
@@ -96,6 +97,8 @@ class CheckEngine:
     def evaluate(self, snap: Snapshot, monitor: Any) -> None:
         """Evaluate every check on a new sampled-step snapshot (called on the training thread)."""
         self.history.append(snap)
+        if snap.loss_min is not None and snap.loss_min < 0:
+            self.loss_negative = True
         if snap.loss is not None and math.isfinite(snap.loss):
             self.losses.append((snap.step, snap.loss))
             if len(self.loss_start) < int(self.th(BY_NAME["loss_not_decreasing"], "window")):

@@ -158,6 +158,7 @@ class LoggedValues:
         if self.pending_losses:
             losses = _stack_scalars(self.pending_losses)
             batch.add("loss", losses.mean())
+            batch.add("loss_min", losses.amin())
             batch.add("loss_nonfinite", stats.nonfinite_count(losses))
         if self._first_loss is not None and self.first_loss is None:
             batch.add("first_loss", self._first_loss)
@@ -167,7 +168,8 @@ class LoggedValues:
             batch.add(("scalar", name), v if isinstance(v, Tensor) else float(v))
 
     def read(self, host: dict) -> tuple[float | None, int]:
-        """Take the fetched values; returns (mean loss since the last sample or None, its non-finite count)."""
+        """Take the fetched values; returns (mean loss since the last sample or None, its non-finite count).
+        The smallest loss since the last sample is ``host.get("loss_min")``."""
         if "first_loss" in host:
             self.first_loss = host["first_loss"]
         for k, (step, _) in enumerate(self.pending_val):

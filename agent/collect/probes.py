@@ -19,6 +19,7 @@ import math
 import sys
 import threading
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -77,7 +78,8 @@ def _spec_for(name: str, args: tuple, kwargs: dict) -> ActivationSpec | None:
 class _SiteState:
     """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
 
-    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "sat", "numel", "nonfinite", "counted", "exact")
+    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "calls", "rows", "steps", "sat", "numel", "nonfinite",
+                 "counted", "exact")
 
     def __init__(self, kind: str, spec: ActivationSpec) -> None:
         self.kind = kind
@@ -85,6 +87,9 @@ class _SiteState:
         self.units = 0
         self.last_alive: Tensor | None = None
         self.seen = 0  # forward passes observed so far (the dead window counts these)
+        self.calls = 0  # calls and positions observed since the last sampled step was queued
+        self.rows = 0
+        self.steps: deque[tuple[int, int]] = deque(maxlen=_DEAD_STEPS_KEPT)  # (calls, positions) per sampled step
         self.sat: list[Tensor] = []
         self.numel = 0
         self.nonfinite: list[Tensor] = []  # per call: an exact count, or a detector (a sum) when not `counted`
@@ -144,6 +149,13 @@ def _calling_module_frame() -> Any:
 
 
 REDISCOVER_EVERY = 16
+
+DEAD_MIN_ROWS = 256
+"""A unit is called dead only after it stayed non-positive over at least this many observed positions (rows of
+the batch, times positions of a sequence or a feature map), as well as over ``dead_window`` sampled steps:
+with one sample per forward (a policy acting one state at a time), a step's few states are few observations,
+and a unit that fires on a few percent of inputs would look dead."""
+_DEAD_STEPS_KEPT = 1024
 """On the module-hook path, every this many sampled forwards run under the function mode again."""
 
 
@@ -327,10 +339,13 @@ class ActivationProbe:
             alive = peak > 0
             if site.last_alive is None or site.last_alive.shape != alive.shape or site.last_alive.device != alive.device:
                 site.last_alive = torch.full(alive.shape, -1, dtype=torch.int64, device=alive.device)
-                site.seen = 0
+                site.seen = site.calls = site.rows = 0
+                site.steps.clear()
             site.units = alive.numel()
             site.last_alive = torch.where(alive, site.seen, site.last_alive)
             site.seen += 1
+            site.calls += 1
+            site.rows += x.numel() // max(1, site.units)
         else:
             site.units = x.shape[stats.unit_axis(x.ndim)] if x.ndim else 1
         if spec.half_width is not None:
@@ -351,8 +366,12 @@ class ActivationProbe:
         nonfinite: list[Tensor] = []
         for key in keys:
             site = self.sites[key]
-            if site.spec.dead and site.last_alive is not None:
-                threshold = max(0, site.seen - self.dead_window)
+            if site.calls:
+                site.steps.append((site.calls, site.rows))
+                site.calls = site.rows = 0
+            window = _dead_window(site.steps, self.dead_window) if site.spec.dead and site.last_alive is not None else None
+            if window is not None:
+                threshold = site.seen - window
                 batch.add(("act_dead", key), (site.last_alive < threshold).sum())  # units; ratio on the host
             sat.extend(site.sat)
             nonfinite.extend(site.nonfinite)
@@ -393,6 +412,19 @@ class ActivationProbe:
             site = self.sites[key]
             site.sat, site.numel, site.nonfinite, site.counted = [], 0, [], []
         self._observed = set()
+
+
+def _dead_window(steps: "deque[tuple[int, int]]", window: int) -> int | None:
+    """How many of the latest calls the dead window spans: those of the last ``window`` sampled steps, more
+    steps when they cover fewer than DEAD_MIN_ROWS positions; early in a run every call so far. None while all
+    of them cover fewer than DEAD_MIN_ROWS positions (no verdict yet)."""
+    calls = rows = 0
+    for k, (n_calls, n_rows) in enumerate(reversed(steps), start=1):
+        calls += n_calls
+        rows += n_rows
+        if k >= window and rows >= DEAD_MIN_ROWS:
+            return calls
+    return calls if rows >= DEAD_MIN_ROWS else None
 
 
 _PASS_NEG_INF = frozenset({"leaky_relu", "prelu", "rrelu"})

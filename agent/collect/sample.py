@@ -63,6 +63,8 @@ def take_sample(params: ParamTracker, logged: LoggedValues, probe: ActivationPro
         step=steps.step_index,
         time=wall,
         loss=loss,
+        loss_min=host.get("loss_min"),
+        samples_per_step=steps.samples_per_step_since_sample(),
         loss_nonfinite=loss_nonfinite,
         loss_nonfinite_step=nonfinite_step,
         first_loss=logged.first_loss,

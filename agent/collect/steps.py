@@ -27,6 +27,7 @@ class StepClock:
         self.samples_total = 0
         self.samples_this_step = 0
         self.samples_per_second: float | None = None
+        self._at_sample = (0, 0)  # samples_total and steps completed at the previous sample
         self.learning_rates: tuple[float, ...] = ()
         self.first_forward_pending = True
         self.forwards = 0
@@ -50,6 +51,14 @@ class StepClock:
             self.samples_this_step = 0
         if optimizer is not None:
             self.learning_rates = learning_rates(optimizer, self.learning_rates)
+
+    def samples_per_step_since_sample(self) -> float | None:
+        """Mean samples (batch rows of training forwards) per step since the previous call, made once per
+        sampled step after its boundary; None when no batch size was seen."""
+        done = (self.samples_total, self.step_index + 1)
+        samples, steps = done[0] - self._at_sample[0], done[1] - self._at_sample[1]
+        self._at_sample = done
+        return samples / steps if samples > 0 and steps > 0 else None
 
     def advance(self) -> None:
         """Count the step: the next one begins."""

@@ -112,9 +112,10 @@ def test_rules_and_runbooks_from_the_installed_package(installed: Installed) -> 
 
 
 def test_generate_refuses_outside_a_checkout_without_writing(installed: Installed) -> None:
+    before = sorted(installed.cwd.rglob("*"))
     _fails_with_one_line(installed.run("generate"), "not a source checkout")
     _fails_with_one_line(installed.run("dashboards", "generate"), "not a source checkout")
-    assert not any(installed.cwd.iterdir()) or {p.name for p in installed.cwd.iterdir()} <= {"rules.yml"}
+    assert sorted(installed.cwd.rglob("*")) == before
 
 
 def test_dashboards_push_from_the_installed_package(installed: Installed) -> None:

@@ -213,6 +213,12 @@ class Monitor(ModelHooks):
             counts[sink.probe] = (sink.written, int(sink.failed), sink.dropped)
         return counts
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the history and TensorBoard writers wrote every queued sample and finding (a report can then
+        read the history while training goes on); True when they caught up within ``timeout`` seconds."""
+        end = time.monotonic() + timeout
+        return all([sink.flush(max(0.0, end - time.monotonic())) for sink in self.sinks])
+
     def close(self) -> None:
         """Remove every hook, stop the server and threads (within CLOSE_SECONDS whatever receivers do). Idempotent."""
         if self._closed:

@@ -158,7 +158,8 @@ class HistoryWriter(SnapshotSink):
         self.recent = recent
         self.max_modules = max_modules
         self._conn = open_history(self.path)  # on the calling thread: a bad path fails at attach()
-        self._seq = (self._conn.execute("SELECT max(seq) FROM samples").fetchone()[0] or -1) + 1
+        last = self._conn.execute("SELECT max(seq) FROM samples").fetchone()[0]
+        self._seq = 0 if last is None else last + 1
         self._ids = {(kind, name): i for i, kind, name in self._conn.execute("SELECT id, kind, name FROM series")}
         self._picked: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
         super().__init__(guard, max_queue=max_queue)

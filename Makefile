@@ -17,17 +17,18 @@ $(VENV)/.installed: pyproject.toml requirements-test.txt
 
 venv: $(VENV)/.installed
 
-## demo: a short training run on scikit-learn's digits, watched by the agent, with a planted silent failure
+## demo: a short training run on scikit-learn's digits, watched by the agent, with a planted silent failure;
+## records ./nnwatch-demo/history.sqlite and ends by printing the path of its HTML report
 demo: venv
 	$(PY) -m agent.cli demo $(DEMO_ARGS)
 
-## system-deps: Prometheus, Alertmanager, Pushgateway, promtool, amtool, and g++ for the native CPU kernels
-## (Debian packages; needs root)
+## system-deps: Prometheus, Alertmanager, Pushgateway, promtool, amtool, g++ for the native CPU kernels, and
+## Chromium (headless) for the report's screenshot test (Debian packages; needs root)
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus-pushgateway >/dev/null || ! command -v c++ >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus-pushgateway >/dev/null || ! command -v c++ >/dev/null || ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway g++ >/dev/null; \
-	  else echo "install Debian packages prometheus prometheus-alertmanager prometheus-pushgateway g++ (sudo apt-get install ...)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway g++ chromium >/dev/null; \
+	  else echo "install Debian packages prometheus prometheus-alertmanager prometheus-pushgateway g++ chromium (sudo apt-get install ...)"; exit 1; fi; \
 	fi
 
 ## test: the whole suite (unit, scenario and end-to-end tests with real Prometheus/Alertmanager)

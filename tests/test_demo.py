@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -11,26 +12,40 @@ import pytest
 
 @pytest.mark.parametrize("fault,check", [("dead-relu", "dead_units"), ("no-zero-grad", "gradients_not_cleared"),
                                          ("nan", "nonfinite_values")])
-def test_demo_catches_its_planted_fault(fault, check):
-    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", fault, "--hold", "0", "--steps", "200"],
-                         capture_output=True, text=True, timeout=120)
+def test_demo_catches_its_planted_fault(fault, check, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", fault, "--hold", "0", "--steps", "200",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert re.search(r"metrics: http://127\.0\.0\.1:\d+/metrics", out)
     assert f"nnwatch [" in out and f"] {check}:" in out  # the log line, in the job's own output
     assert re.search(rf"- (WARNING|CRITICAL) {check}", out)  # the summary
+    report = tmp_path / "report.html"
+    assert res.stdout.strip().splitlines()[-1] == f"report: {report}"  # the last line: where the report is
+    assert report.stat().st_size > 1_000_000 and f"{check}" in report.read_text()  # plotly.js inlined, the finding
+    assert sqlite3.connect(tmp_path / "history.sqlite").execute(
+        "SELECT count(*) FROM findings WHERE check_name = ?", (check,)).fetchone()[0] >= 1
 
 
-def test_demo_without_fault_finds_nothing():
-    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", "none", "--hold", "0"],
+def test_demo_records_a_new_history_each_time(tmp_path):
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", "none", "--hold", "0", "--steps",
+                              "20", "--sample-every", "2", "--out", str(tmp_path)], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert sqlite3.connect(tmp_path / "history.sqlite").execute("SELECT min(step), count(*) FROM samples").fetchone() == (0, 10)
+
+
+def test_demo_without_fault_finds_nothing(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", "none", "--hold", "0", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "the agent found no problem" in res.stdout, res.stdout + res.stderr
 
 
-def test_demo_preflight_prints_its_report_before_training():
+def test_demo_preflight_prints_its_report_before_training(tmp_path):
     res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--preflight", "--fault", "lr-zero", "--hold", "0",
-                          "--steps", "1"], capture_output=True, text=True, timeout=120)
+                          "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     head = re.search(r"nnwatch preflight: 3 passed, 1 failed, 1 skipped in \d+\.\d\d s", out)  # the time

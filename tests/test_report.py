@@ -104,3 +104,24 @@ def test_report_without_plotly_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly raises ImportError
     with pytest.raises(report.MissingPlotly, match=r"pip install 'nnwatch\[report\]'"):
         report.write_report(path, tmp_path / "r.html")
+
+
+def test_report_command_writes_next_to_the_history_and_prints_the_path(tmp_path, capsys):
+    require_module("plotly")
+    from agent.cli import main
+    from agent.export.history import HistoryWriter
+    from tests.test_history import FINDING, snap
+
+    path = tmp_path / "run.sqlite"
+    w = HistoryWriter(path)
+    for step in range(0, 100, 10):
+        w.record(snap(step, layers=4))
+    w.finding("firing", FINDING, 30)
+    w.close()
+    assert main(["report", str(path)]) == 0
+    out = tmp_path / "run.html"
+    assert capsys.readouterr().out.strip() == str(out)
+    page = out.read_text()
+    for k in PLOTS:
+        assert f'id="plot-{k}"' in page
+    assert "Gradient norm per layer at step 90" in page and "activation relu1: 75% dead" in page

@@ -38,6 +38,8 @@ class SnapshotSink:
         self.dropped = 0
         """Records dropped: the queue was full, the sink had failed, or close() ran out of time."""
         self.failed = False
+        self.cpu_seconds = 0.0
+        """CPU time the sink's thread spent writing (its cost to the machine, off the training thread)."""
         self._failures = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._abandon = threading.Event()  # close() gave up waiting: drop what is left
@@ -118,12 +120,15 @@ class SnapshotSink:
         if self.failed or self._abandon.is_set():
             self.dropped += len(records)
             return
+        t0 = time.thread_time()
         try:
             self.write(records)
         except Exception:  # noqa: BLE001 - a full disk or a bad path must not reach the training job
             self.dropped += len(records)
             self._fault()
             return
+        finally:
+            self.cpu_seconds += time.thread_time() - t0
         self._failures = 0
         self.written += len(records)
 

@@ -32,11 +32,12 @@ def _template(rng: random.Random, layers: int, activations: int) -> Snapshot:
         memory=MemoryStats(host_rss=rng.random() * 2**33))
 
 
-def size(steps: int, sample_every: int, layers: int, activations: int) -> dict[str, float]:
+def size(steps: int, sample_every: int, layers: int, activations: int, keep: str | None = None) -> dict[str, float]:
     rng = random.Random(0)
     templates = [_template(rng, layers, activations) for _ in range(16)]  # distinct values: no compressible runs
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "history.sqlite"
+        path = Path(keep) if keep else Path(tmp) / "history.sqlite"
+        path.unlink(missing_ok=True)
         writer = HistoryWriter(path, max_queue=4096)
         samples = steps // sample_every
         t0 = time.perf_counter()
@@ -126,11 +127,12 @@ def main() -> None:
     p.add_argument("--activations", type=int, default=200)
     p.add_argument("--family", default="mlp")
     p.add_argument("--size", default="1M")
+    p.add_argument("--keep", help="size: write the history here (and keep it) instead of a temporary file")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--block", type=int, default=50)
     args = p.parse_args()
     if args.what == "size":
-        print(size(args.steps or 1_000_000, args.sample_every, args.layers, args.activations))
+        print(size(args.steps or 1_000_000, args.sample_every, args.layers, args.activations, args.keep))
     else:
         print(overhead(args.family, args.size, args.rounds, args.block))
 

@@ -159,6 +159,13 @@ def test_attach_refuses_a_history_of_another_version_before_hooking_anything(tmp
     assert not model._forward_hooks and not model._forward_pre_hooks
     with pytest.raises(ValueError, match="is a folder"):
         agent.attach(model, port=None, history=str(tmp_path))
+    with pytest.raises(TypeError, match="history must be a file system path"):
+        agent.attach(model, port=None, history=5)
+    with pytest.raises(ValueError, match="not an nnwatch history"):
+        (tmp_path / "notes.txt").write_text("not a database, but the user's notes\n" * 10)
+        agent.attach(model, port=None, history=str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text().startswith("not a database")  # left alone
+    assert not model._forward_hooks and not model._forward_pre_hooks
 
 
 def test_a_training_run_records_each_sampled_step_and_its_findings(tmp_path):

@@ -42,7 +42,7 @@ def size(steps: int, sample_every: int, layers: int, activations: int, keep: str
         samples = steps // sample_every
         t0 = time.perf_counter()
         for k in range(samples):
-            writer.record(replace(templates[k % 16], step=k * sample_every, time=1.7e9 + k))
+            writer.record(replace(templates[rng.randrange(16)], step=k * sample_every, time=1.7e9 + k))
             if k % 2000 == 1999:
                 writer.flush(600)
         writer.close(timeout=600)

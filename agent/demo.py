@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         report = agent.preflight(model, (x_train[:batch], y_train[:batch]), F.cross_entropy, num_classes=10,
                                  optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9))
         print(f"{report}\n")
-    out = Path(args.out).resolve()
+    out = _writable(Path(args.out).resolve())
     history, report_path = out / "history.sqlite", out / "report.html"
     for stale in (history, Path(f"{history}-wal"), Path(f"{history}-shm")):
         stale.unlink(missing_ok=True)  # a new demo records a new history (an existing one would be continued)
@@ -129,6 +131,21 @@ def run(args: argparse.Namespace) -> int:
     if report_file:
         print(f"report: {report_file}")  # the last line: open it in a browser (no network needed)
     return 0
+
+
+def _writable(out: Path) -> Path:
+    """``out``, created; a folder under the system's temporary directory when ``out`` cannot be written (a
+    container's read-only working directory)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if os.access(out, os.W_OK):
+            return out
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "nnwatch-demo"
+    fallback.mkdir(parents=True, exist_ok=True)
+    print(f"cannot write to {out}; the history and report go to {fallback}")
+    return fallback
 
 
 def _report(monitor: Any, history: Path, out: Path) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import subprocess
@@ -54,3 +55,14 @@ def test_demo_preflight_prints_its_report_before_training(tmp_path):
     assert "The loss did not move: a learning rate of 0" in out
     assert re.search(r"^loss_at_init\s+pass", out, re.M) and re.search(r"^batch_independence\s+pass", out, re.M)
     assert out.index("preflight FAILED") < out.index("step    0")  # the report comes before training
+
+
+def test_demo_falls_back_to_a_temporary_folder_when_out_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fault", "none", "--hold", "0", "--steps", "10",
+                          "--out", str(blocker / "demo")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"cannot write to {blocker / 'demo'}; the history and report go to {tmp_path / 'nnwatch-demo'}" in res.stdout
+    assert res.stdout.strip().splitlines()[-1] == f"report: {tmp_path / 'nnwatch-demo' / 'report.html'}"

@@ -13,9 +13,10 @@ from torch import nn
 
 import agent
 from agent.checks.findings import Finding
-from agent.export.history import (SCHEMA_VERSION, HistoryError, HistoryWriter, kept, open_history, thin_ranges)
+from agent.export.history import SCHEMA_VERSION, HistoryError, HistoryWriter, kept, thin_ranges
 from agent.export.sink import MAX_FAILURES, SnapshotSink
 from agent.guard import Guard
+from agent.ops.report import read_history
 from agent.snapshot import ActivationStats, LayerStats, MemoryStats, Snapshot
 
 
@@ -116,7 +117,7 @@ def test_max_modules_caps_the_layers_recorded(tmp_path):
     assert len(names) == 4 and names[0] == "l0" and names[-1] == "l9"  # spread over the depth
 
 
-@pytest.mark.parametrize("bad", ["text", "version", "truncated"])
+@pytest.mark.parametrize("bad", ["text", "version", "truncated", "corrupt"])
 def test_a_file_that_is_not_a_history_of_this_version_is_refused(tmp_path, bad):
     path = tmp_path / "h.sqlite"
     if bad == "text":
@@ -132,12 +133,18 @@ def test_a_file_that_is_not_a_history_of_this_version_is_refused(tmp_path, bad):
             conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
             conn.commit()
             conn.close()
-        else:
+        elif bad == "truncated":
             data = path.read_bytes()
             path.write_bytes(data[: len(data) // 2])
+        else:  # every page after the first two overwritten at its start
+            data = bytearray(path.read_bytes())
+            for at in range(8192, len(data), 4096):
+                data[at:at + 200] = b"\xff" * 200
+            path.write_bytes(bytes(data))
     with pytest.raises(HistoryError) as exc:
-        open_history(path, readonly=True)
-    assert {"text": "not an nnwatch history", "version": "schema version 999", "truncated": "is truncated"}[bad] in str(exc.value)
+        read_history(path)
+    assert {"text": "not an nnwatch history", "version": "schema version 999", "truncated": "is truncated",
+            "corrupt": "is damaged"}[bad] in str(exc.value)
     res = subprocess.run([sys.executable, "-m", "agent.cli", "report", str(path), "-o", str(tmp_path / "r.html")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2

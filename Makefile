@@ -17,17 +17,19 @@ $(VENV)/.installed: pyproject.toml requirements-test.txt
 
 venv: $(VENV)/.installed
 
-## demo: a short training run on scikit-learn's digits, watched by the agent, with a planted silent failure
+## demo: a short training run on scikit-learn's digits, watched by the agent, with a planted silent failure;
+## records ./nnwatch-demo/history.sqlite and ends by printing the path of its HTML report
 demo: venv
 	$(PY) -m agent.cli demo $(DEMO_ARGS)
 
 ## system-deps: Prometheus, Alertmanager, Pushgateway, promtool, amtool, VictoriaMetrics (the fleet benchmark's
-## remote_write store) and g++ for the native CPU kernels (Debian packages; needs root)
+## remote_write store), g++ for the native CPU kernels, and Chromium (headless) for the report's screenshot test
+## (Debian packages; needs root)
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus-pushgateway >/dev/null || ! command -v victoria-metrics >/dev/null || ! command -v c++ >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus-pushgateway >/dev/null || ! command -v victoria-metrics >/dev/null || ! command -v c++ >/dev/null || ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway victoria-metrics g++ >/dev/null; \
-	  else echo "install Debian packages prometheus prometheus-alertmanager prometheus-pushgateway victoria-metrics g++ (sudo apt-get install ...)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway victoria-metrics g++ chromium >/dev/null; \
+	  else echo "install Debian packages prometheus prometheus-alertmanager prometheus-pushgateway victoria-metrics g++ chromium (sudo apt-get install ...)"; exit 1; fi; \
 	fi
 
 ## test: the whole suite (unit, scenario and end-to-end tests with real Prometheus/Alertmanager)

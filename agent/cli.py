@@ -18,7 +18,8 @@ from typing import Callable
 
 from .ops.cli_args import UsageError
 
-COMMAND_MODULES = ("agent.demo", "agent.ops.rules_cli", "agent.ops.runbooks_cli", "agent.ops.stack", "agent.ops.grafana_push", "agent.collect.native")
+COMMAND_MODULES = ("agent.demo", "agent.ops.rules_cli", "agent.ops.runbooks_cli", "agent.ops.stack", "agent.ops.grafana_push",
+                   "agent.ops.report", "agent.collect.native")
 """Modules that add subcommands (missing ones are skipped) and, optionally, generators."""
 
 GENERATOR_MODULES = ("agent.ops.checkdoc", "agent.ops.rules", "agent.ops.dashboards", "agent.ops.chart")

@@ -2,6 +2,8 @@
 
 A silent failure is planted (by default: three quarters of the second hidden layer's biases start at -8,
 which kills those ReLUs for good; the loss still goes down and accuracy looks fine, nothing raises). The agent names the layer within a few dozen steps.
+The run is recorded in a local history (``--out``, default ./nnwatch-demo/history.sqlite, recorded anew each
+time) and ends by writing ``report.html`` next to it (``nnwatch report``) and printing its path as the last line.
 ``--preflight`` first runs :func:`agent.preflight` on the model, the first training batch and the demo's
 optimizer, and prints its report (``--fault lr-zero`` fails its overfit check).
 """
@@ -11,7 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from .ops.cli_args import UsageError
@@ -29,6 +34,9 @@ def register(sub: Any) -> None:
                    help="seconds to keep serving /metrics after training (default: 30; Ctrl-C ends it)")
     p.add_argument("--sample-every", type=int, default=5, help="heavy statistics every N steps (default: 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="nnwatch-demo",
+                   help="folder for the run's history (history.sqlite, recorded anew) and its HTML report (report.html); "
+                        "default: ./nnwatch-demo")
     p.add_argument("--preflight", action="store_true",
                    help="before training, run agent.preflight on the model and the first batch and print its report")
     p.set_defaults(func=run)
@@ -73,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
         report = agent.preflight(model, (x_train[:batch], y_train[:batch]), F.cross_entropy, num_classes=10,
                                  optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9))
         print(f"{report}\n")
+    out = _writable(Path(args.out).resolve())
+    history, report_path = out / "history.sqlite", out / "report.html"
+    for stale in (history, Path(f"{history}-wal"), Path(f"{history}-shm")):
+        stale.unlink(missing_ok=True)  # a new demo records a new history (an existing one would be continued)
     monitor = agent.attach(model, optimizer, port=args.port, num_classes=10, sample_every=args.sample_every,
-                           addr=args.addr)
+                           addr=args.addr, history=str(history))
     if monitor.url:
         print(f"metrics: {monitor.url}")
     seen_findings: set[tuple[str, str | None]] = set()
@@ -114,13 +126,45 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  - {f.severity.upper()} {f.check}{where} since step {f.step}")
         else:
             print("the agent found no problem")
+        report_file = _report(monitor, history, report_path)
         if monitor.url and args.hold > 0:
+            if report_file:
+                print(f"report: {report_file}")
             print(f"\nmetrics stay at {monitor.url} for {args.hold:.0f} s (Ctrl-C to stop)")
             try:
                 time.sleep(args.hold)
             except KeyboardInterrupt:
                 pass
+    if report_file:
+        print(f"report: {report_file}")  # the last line: open it in a browser (no network needed)
     return 0
+
+
+def _writable(out: Path) -> Path:
+    """``out``, created; a folder under the system's temporary directory when ``out`` cannot be written (a
+    container's read-only working directory)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if os.access(out, os.W_OK):
+            return out
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "nnwatch-demo"
+    fallback.mkdir(parents=True, exist_ok=True)
+    print(f"cannot write to {out}; the history and report go to {fallback}")
+    return fallback
+
+
+def _report(monitor: Any, history: Path, out: Path) -> Path | None:
+    """Write the HTML report of the history recorded so far; None (and a line saying why) when it cannot."""
+    from .ops.report import MissingPlotly, write_report
+
+    monitor.flush()
+    try:
+        return write_report(history, out)
+    except (MissingPlotly, OSError, ValueError) as exc:
+        print(f"no report: {exc}")
+        return None
 
 
 def _progress_line(step: int, loss: float, acc: float, monitor: Any) -> str:

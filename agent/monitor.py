@@ -42,6 +42,8 @@ log = logging.getLogger("nnwatch")
 
 CLOSE_SECONDS = 2.0
 """close() returns within this many seconds, however a webhook receiver or Pushgateway behaves."""
+SINK_CLOSE_SECONDS = 0.25
+"""Of CLOSE_SECONDS, what each file sink (history, TensorBoard) may take to write what is still queued."""
 
 _TRAIN_MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
 
@@ -72,6 +74,7 @@ class Monitor(ModelHooks):
         self._model_ref = weakref.ref(model)
         self._opt_ref = weakref.ref(optimizer) if optimizer is not None else None
         self.guard = Guard()
+        self.sinks = _sinks(options, self.guard)  # first: a history that cannot be written fails before any hook
         self._lock = threading.Lock()
         self._closed = False
         self._handles: list[RemovableHandle] = []
@@ -206,7 +209,15 @@ class Monitor(ModelHooks):
             counts["webhook"] = (notifier.delivered, notifier.failed, notifier.dropped)
         if self.pusher is not None:
             counts["pushgateway"] = (self.pusher.pushes, self.pusher.failures, 0)
+        for sink in self.sinks:
+            counts[sink.probe] = (sink.written, int(sink.failed), sink.dropped)
         return counts
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the history and TensorBoard writers wrote every queued sample and finding (a report can then
+        read the history while training goes on); True when they caught up within ``timeout`` seconds."""
+        end = time.monotonic() + timeout
+        return all([sink.flush(max(0.0, end - time.monotonic())) for sink in self.sinks])
 
     def close(self) -> None:
         """Remove every hook, stop the server and threads (within CLOSE_SECONDS whatever receivers do). Idempotent."""
@@ -223,6 +234,8 @@ class Monitor(ModelHooks):
         end = time.monotonic() + CLOSE_SECONDS
         if self.amp is not None:
             self.amp.close()
+        for sink in self.sinks:  # what is queued is written in milliseconds; a stuck disk costs SINK_CLOSE_SECONDS
+            sink.close(timeout=SINK_CLOSE_SECONDS)
         if self.pusher is not None:
             self.pusher.close(timeout=CLOSE_SECONDS / 2)
         if self.exporter is not None:
@@ -282,6 +295,8 @@ class Monitor(ModelHooks):
         self.params.reset_step()
         with self._lock:
             self._snapshot = snap
+        for sink in self.sinks:
+            sink.record(snap)  # a queue put: the sink writes on its own thread
         self.sampled_steps += 1
         self.fingerprint = next_fingerprint(self.fingerprint, snap.step, self.options.fingerprint_every,
                                             snap.weight_norm)
@@ -309,7 +324,28 @@ def _check_engine(monitor: Monitor, options: Options) -> CheckEngine | None:
                         digest_seconds=options.webhook_digest_seconds,
                         job=options.job or _script_name())
     notifier.model = name_when_several(weakref.ref(monitor))
+    notifier.listeners.extend(sink.finding for sink in monitor.sinks)
     return CheckEngine(options, notifier=notifier)
+
+
+def _sinks(options: Options, guard: Guard) -> list[Any]:
+    """The local history and the TensorBoard writer, each when configured (each opens its file here, so a bad
+    path fails at attach())."""
+    sinks: list[Any] = []
+    if options.history is not None:
+        from .export.history import HistoryWriter
+
+        sinks.append(HistoryWriter(options.history, guard, max_modules=options.max_modules))
+    if options.tensorboard_dir is not None:
+        from .export.tensorboard import TensorBoardWriter
+
+        try:
+            sinks.append(TensorBoardWriter(options.tensorboard_dir, guard, max_modules=options.max_modules))
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
+    return sinks
 
 
 def _exporters(monitor: Monitor, options: Options, registry: Any) -> tuple[Any, Any]:

@@ -218,3 +218,23 @@ def test_exiting_without_close_waits_at_most_close_seconds():
         assert hanging - plain <= CLOSE_SECONDS + 0.25, (hanging, plain)
     finally:
         bad.close()
+
+
+def test_close_is_quick_and_stops_the_history_and_tensorboard_writers(tmp_path):
+    pytest.importorskip("tensorboard")
+    times = []
+    for k in range(3):
+        mon = _watched(history=str(tmp_path / f"h{k}.sqlite"), tensorboard_dir=str(tmp_path / f"tb{k}"),
+                       sample_every=1)
+        for _ in range(5):
+            _MODELS[-1](torch.randn(2, 3)).sum().backward()
+            mon.step()
+        names = {t.name for t in _nnwatch_threads()}
+        assert {"nnwatch-history", "nnwatch-tensorboard"} <= names
+        t0 = time.perf_counter()
+        mon.close()
+        times.append(time.perf_counter() - t0)
+        assert not _nnwatch_threads()
+        written, failed, dropped = mon.delivery_counts()["history"]
+        assert written >= 5 and (failed, dropped) == (0, 0)  # everything queued was written before close returned
+    assert sorted(times)[1] < 0.1, times

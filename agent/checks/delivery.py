@@ -81,6 +81,9 @@ class Notifier:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+        self.listeners: list[Callable[[str, Finding, int, Sequence[str]], Any]] = []
+        """Also told of each message, as (status "firing" or "resolved", finding, step, other modules): the local
+        history and TensorBoard (set by the monitor). Must not block; a raising listener is skipped."""
         self._webhook = (_Webhook(webhook_url, retries, backoff, timeout, max_queue, sleep, self, digest_seconds,
                                   deadline) if webhook_url else None)
 
@@ -89,6 +92,7 @@ class Notifier:
         modules where the same check started to hold at the same step (all in the same line)."""
         if self.log_findings:
             log.log(_LEVEL.get(f.severity, logging.WARNING), finding_line(f, consequences, self.model(), also))
+        self._tell("firing", f, f.step, also)
         if self._webhook is not None:
             self._webhook.put(self._slack(f, resolved_at=None, extra=_extra(consequences, also)))
 
@@ -96,8 +100,16 @@ class Notifier:
         """A finding stopped holding at ``step``."""
         if self.log_findings:
             log.info(resolved_line(f, step, self.model()))
+        self._tell("resolved", f, step, ())
         if self._webhook is not None:
             self._webhook.put(self._slack(f, resolved_at=step))
+
+    def _tell(self, status: str, f: Finding, step: int, also: Sequence[str]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(status, f, step, also)
+            except Exception:  # noqa: BLE001 - one broken sink must not silence the log line or the webhook
+                log.debug("nnwatch: a findings listener failed", exc_info=True)
 
     def _slack(self, f: Finding, resolved_at: int | None, extra: str = "") -> dict[str, Any]:
         where = f" in `{f.module}`" if f.module else ""

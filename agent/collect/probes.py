@@ -19,7 +19,6 @@ import math
 import sys
 import threading
 import weakref
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +29,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import stats
 from ..snapshot import ActivationStats
+from .sites import DEAD_MIN_ROWS, SiteState as _SiteState, dead_window as _dead_window
 from .transfer import DeviceBatch
 from .weakhook import WeakHook
 
@@ -73,28 +73,6 @@ def _spec_for(name: str, args: tuple, kwargs: dict) -> ActivationSpec | None:
         hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
         spec = ActivationSpec(center=(lo + hi) / 2, half_width=(hi - lo) / 2 * (1 - 1e-6))
     return spec
-
-
-class _SiteState:
-    """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
-
-    __slots__ = ("kind", "spec", "units", "last_alive", "seen", "calls", "rows", "steps", "sat", "numel", "nonfinite",
-                 "counted", "exact")
-
-    def __init__(self, kind: str, spec: ActivationSpec) -> None:
-        self.kind = kind
-        self.spec = spec
-        self.units = 0
-        self.last_alive: Tensor | None = None
-        self.seen = 0  # forward passes observed so far (the dead window counts these)
-        self.calls = 0  # calls and positions observed since the last sampled step was queued
-        self.rows = 0
-        self.steps: deque[tuple[int, int]] = deque(maxlen=_DEAD_STEPS_KEPT)  # (calls, positions) per sampled step
-        self.sat: list[Tensor] = []
-        self.numel = 0
-        self.nonfinite: list[Tensor] = []  # per call: an exact count, or a detector (a sum) when not `counted`
-        self.counted: list[bool] = []
-        self.exact = False  # count non-finite elements exactly (after a sample found some here)
 
 
 class _Mode(TorchFunctionMode):
@@ -150,12 +128,6 @@ def _calling_module_frame() -> Any:
 
 REDISCOVER_EVERY = 16
 
-DEAD_MIN_ROWS = 256
-"""A unit is called dead only after it stayed non-positive over at least this many observed positions (rows of
-the batch, times positions of a sequence or a feature map), as well as over ``dead_window`` sampled steps:
-with one sample per forward (a policy acting one state at a time), a step's few states are few observations,
-and a unit that fires on a few percent of inputs would look dead."""
-_DEAD_STEPS_KEPT = 1024
 """On the module-hook path, every this many sampled forwards run under the function mode again."""
 
 
@@ -330,7 +302,7 @@ class ActivationProbe:
             if len(self.sites) >= self.max_sites:
                 self.dropped_sites.add(key)
                 return
-            site = self.sites[key] = _SiteState(fn, spec)
+            site = self.sites[key] = _SiteState(fn, spec, self.dead_window)
         self._observed.add(key)
         x = out.detach()  # every op below reads a detached tensor: nothing is recorded for autograd
         peak = None
@@ -412,19 +384,6 @@ class ActivationProbe:
             site = self.sites[key]
             site.sat, site.numel, site.nonfinite, site.counted = [], 0, [], []
         self._observed = set()
-
-
-def _dead_window(steps: "deque[tuple[int, int]]", window: int) -> int | None:
-    """How many of the latest calls the dead window spans: those of the last ``window`` sampled steps, more
-    steps when they cover fewer than DEAD_MIN_ROWS positions; early in a run every call so far. None while all
-    of them cover fewer than DEAD_MIN_ROWS positions (no verdict yet)."""
-    calls = rows = 0
-    for k, (n_calls, n_rows) in enumerate(reversed(steps), start=1):
-        calls += n_calls
-        rows += n_rows
-        if k >= window and rows >= DEAD_MIN_ROWS:
-            return calls
-    return calls if rows >= DEAD_MIN_ROWS else None
 
 
 _PASS_NEG_INF = frozenset({"leaky_relu", "prelu", "rrelu"})

@@ -286,14 +286,14 @@ class NNWatchCollector:
             yield fam
 
     def _deliveries(self, m: MetricsSource, ev: list[str]) -> Iterator[Metric]:
-        """Webhook posts and Pushgateway pushes per sink: delivered, given up, dropped (queue full or close())."""
+        """Per sink (webhook, pushgateway, history, tensorboard): delivered, given up, dropped (queue full or close())."""
         counts = m.delivery_counts() if hasattr(m, "delivery_counts") else {}
         if not counts:
             return
         families = [self._family("counter", name, doc, ["sink"]) for name, doc in (
-            ("nnwatch_deliveries", "Webhook posts and Pushgateway pushes the receiver accepted."),
-            ("nnwatch_delivery_failures", "Webhook posts and Pushgateway pushes given up after their retries or deadline."),
-            ("nnwatch_delivery_dropped", "Webhook messages dropped unsent: the queue was full or close() could not wait."))]
+            ("nnwatch_deliveries", "Webhook posts and Pushgateway pushes the receiver accepted; history and TensorBoard records written."),
+            ("nnwatch_delivery_failures", "Webhook posts and Pushgateway pushes given up after their retries or deadline; 1 once the history or TensorBoard writer gave up."),
+            ("nnwatch_delivery_dropped", "Webhook messages, history and TensorBoard records dropped unsent: the queue was full or close() could not wait."))]
         for sink, values in sorted(counts.items()):
             for fam, value in zip(families, values):
                 fam.add_metric([*ev, sink], value)

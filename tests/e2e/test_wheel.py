@@ -90,7 +90,7 @@ def test_version_help_and_descriptions(installed: Installed) -> None:
     assert installed.run("--version").stdout.strip() == f"nnwatch {__version__}"
     bare = installed.run()
     assert bare.returncode == 0 and "COMMAND" in bare.stdout and "rules" in bare.stdout
-    for command in ("demo", "rules", "stack", "dashboards", "runbooks", "native", "generate"):
+    for command in ("demo", "rules", "stack", "dashboards", "runbooks", "report", "native", "generate"):
         page = installed.run(command, "--help")
         usage, _, rest = page.stdout.partition("\n\n")
         assert page.returncode == 0 and rest.strip() and not rest.startswith(("positional", "options")), command
@@ -139,9 +139,15 @@ def test_stack_starts_with_the_shipped_config(installed: Installed) -> None:
 
 
 def test_demo_and_native_from_the_installed_package(installed: Installed, tmp_path: Path) -> None:
-    out = installed.run("demo", "--steps", "60")
+    out = installed.run("demo", "--steps", "60", "--hold", "0", "--out", "demo-run")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "dead_units" in out.stdout + out.stderr
+    report = Path(out.stdout.strip().splitlines()[-1].split("report: ", 1)[1])  # the last line: the report
+    history = installed.cwd / "demo-run" / "history.sqlite"
+    assert report.is_file() and report.stat().st_size > 100_000 and history.is_file()
+    again = installed.run("report", str(history), "-o", "again.html")
+    assert again.returncode == 0 and (installed.cwd / "again.html").stat().st_size > 100_000, again.stderr
+    _fails_with_one_line(installed.run("report", "rules-that-do-not-exist.sqlite"), "")
     shadow = tmp_path / "no_sklearn"  # a machine without scikit-learn: the demo says which extra to install
     (shadow / "sklearn").mkdir(parents=True)
     (shadow / "sklearn" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'sklearn'\", name='sklearn')\n")

@@ -99,9 +99,15 @@ class ModelHooks:
                 self.guard.call("retained_graphs", self.graphs.plant, output, self.steps.step_index)
             if self.steps.first_forward_pending and torch.is_grad_enabled():
                 self.steps.first_forward_pending = False
-                if self._uncleared_due:  # the step after a sampled one: is its consumed gradient still there?
-                    for out in _grad_tensors(output, limit=1):
-                        out.register_hook(self._on_backward_start)
+                self._uncleared_task = None if self._uncleared_due else -1
+            if self._uncleared_due and self._uncleared_task is None and torch.is_grad_enabled():
+                # The step after a sampled one: is its consumed gradient still there when backward starts? Every
+                # output of every forward of the step gets a hook until one fires. A parameter's gradient
+                # accumulates only after every path to it is done, and each path leaves the model through an
+                # output, so the first hook runs before any accumulation, however many forwards (an RL
+                # episode's actions) and heads (a policy and a value) the loss sums.
+                for out in _grad_tensors(output):
+                    out.register_hook(self._on_backward_start)
         except Exception:  # noqa: BLE001
             self.guard.failed("forward")
         finally:
@@ -109,8 +115,11 @@ class ModelHooks:
         return None
 
     def _on_backward_start(self, grad: Tensor) -> None:
-        """Fires when backward reaches the model's output: gradients present now were not cleared."""
-        self.guard.call("uncleared_gradients", self.params.measure_uncleared)
+        """Fires when backward reaches a model output: gradients present at the first such moment of the step's
+        first backward were not cleared (later outputs of that backward, and later backwards, are ignored)."""
+        if self._uncleared_task is None:
+            self._uncleared_task = torch._C._current_graph_task_id()
+            self.guard.call("uncleared_gradients", self.params.measure_uncleared)
         return None
 
     def _on_sampled_backward(self, grad: Tensor) -> None:

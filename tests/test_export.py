@@ -37,7 +37,7 @@ def test_live_metrics_pass_promtool_check_metrics():
     model = SmallMLP()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with agent.attach(model, opt, port=0, addr="127.0.0.1", sample_every=2, num_classes=4) as mon:
-        train(model, opt, 6, monitor=mon)
+        train(model, opt, 14, monitor=mon)  # 8 samples x 32 rows: the dead window's 256 positions
         mon.log(val_loss=1.0, accuracy=0.5)
         train(model, opt, 2, monitor=mon)
         text = scrape(mon.url)

@@ -730,3 +730,33 @@ def test_snapshot_carries_the_smallest_loss_of_its_interval():
         if mon.step_index == 3:
             assert mon.snapshot.loss_min == pytest.approx(-0.3) and mon.snapshot.loss > mon.snapshot.loss_min
     mon.close()
+
+
+@pytest.mark.parametrize("zero_grad", [True, False], ids=["cleared", "forgotten"])
+def test_forgotten_zero_grad_is_found_when_a_step_runs_many_forwards(zero_grad):
+    """An actor-critic episode: one forward per action, one backward over the summed loss at the end. Backward
+    reaches the last action's output first; the first action's output only after most gradients accumulated."""
+    class ActorCritic(nn.Module):  # a policy head and a value head (the value head's path is short)
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.policy, self.value = nn.Linear(4, 32), nn.Linear(32, 2), nn.Linear(32, 1)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return self.policy(h).softmax(-1), self.value(h)
+
+    torch.manual_seed(0)
+    model = ActorCritic()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mon = agent.attach(model, opt, port=None, sample_every=1, overhead_budget=None)
+    for _ in range(12):
+        outs = [model(torch.randn(1, 4)) for _ in range(20)]
+        losses = [-p[0, 0].log() * 0.5 + (v - 1.0).pow(2).sum() for p, v in outs]
+        if zero_grad:
+            opt.zero_grad()
+        torch.stack(losses).sum().backward()
+        opt.step()
+        mon.log(loss=torch.stack(losses).sum().detach())
+    found = {f.check for f in mon.findings}
+    mon.close()
+    assert ("gradients_not_cleared" in found) == (not zero_grad), found

@@ -173,7 +173,7 @@ def test_monitor_posts_findings_to_the_webhook_from_env(receiver, monkeypatch):
         model.fc1.bias.fill_(-50.0)  # every ReLU of fc1 dead
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     mon = agent.attach(model, opt, port=None, sample_every=1)
-    train(model, opt, 5, monitor=mon)
+    train(model, opt, 12, monitor=mon)  # a dead verdict after 8 x 32 rows, then the hold
     assert mon.engine.notifier.flush(5)
     checks = {p["nnwatch"]["check"] for p in receiver.posts}
     assert "dead_units" in checks

@@ -170,7 +170,8 @@ def _probe(x: torch.Tensor) -> tuple[dict, nn.Module]:
     return acts, model
 
 
-def test_probe_dead_and_saturation_equal_a_reference_computation():
+def test_probe_dead_and_saturation_equal_a_reference_computation(monkeypatch):
+    monkeypatch.setattr("agent.collect.sites.DEAD_MIN_ROWS", 32)  # the kernels on one batch, not the window policy
     x = 3 * torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
     acts, model = _probe(x)
     with torch.no_grad():

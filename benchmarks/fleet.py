@@ -46,6 +46,7 @@ from agent.checks.catalogue import BY_NAME
 from agent.export.httpd import Limits, Server
 from agent.ops import dashboards as dash
 from agent.ops.rules import RULES, RulesConfig, render_groups
+from agent.ops.stack import stop_process
 
 from .fleet_source import RankClock, Recording, Template, record, render_template
 
@@ -116,13 +117,7 @@ class Proc:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def tail(self) -> str:
         try:

@@ -29,17 +29,22 @@ def test_a_hanging_name_lookup_ends_at_the_deadline(monkeypatch: pytest.MonkeyPa
     release.set()
 
 
-def test_a_literal_address_needs_no_lookup_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def _answer_once(status_line: bytes) -> tuple[socket.socket, int]:
+    """A local server that answers one request with ``status_line``; returns it and its port."""
     server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
 
     def answer() -> None:
         conn, _ = server.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+            conn.sendall(status_line + b"\r\n\r\n")
 
     threading.Thread(target=answer, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def test_a_literal_address_needs_no_lookup_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    server, port = _answer_once(b"HTTP/1.1 204 No Content")
     started = threading.Thread.start
     names: list[str] = []
     monkeypatch.setattr(threading.Thread, "start", lambda self: (names.append(self.name), started(self))[1])
@@ -49,15 +54,6 @@ def test_a_literal_address_needs_no_lookup_thread(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_name_resolves_within_the_deadline() -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def answer() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
-
-    threading.Thread(target=answer, daemon=True).start()
+    server, port = _answer_once(b"HTTP/1.1 200 OK")
     assert Request().send("POST", f"http://localhost:{port}/", b"{}", deadline=time.monotonic() + 10) == 200
     server.close()

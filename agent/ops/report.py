@@ -90,6 +90,17 @@ def _read(conn: sqlite3.Connection, meta: dict[str, str]) -> History:
     return h
 
 
+def _layer_lines(f: Any, h: Any, steps: list[int], key: str) -> Any:
+    """One thin line per layer (thinned to a few hundred points) and the model's global value in black."""
+    for name, d in h.layers.items():
+        idx = _pick(len(d["seq"]))
+        f.add_scatter(x=[d["step"][i] for i in idx], y=_positive([d[key][i] for i in idx]), name=name,
+                      mode="lines", line={"width": 1}, opacity=0.7)
+    f.add_scatter(x=steps, y=_positive(h.columns.get(key, [])), name="global", mode="lines",
+                  line={"color": "black", "width": 3})
+    return f
+
+
 def _pick(n: int, limit: int = MAX_POINTS) -> list[int]:
     """At most ``limit`` indices of 0..n-1, evenly spread, first and last included."""
     if n <= limit:
@@ -144,13 +155,8 @@ def figures(h: History) -> dict[str, Any]:
     if not any(groups):
         _empty(f, "no learning rate recorded (no optimizer and no log(lr=...))")
 
-    f = out["grad_norms"] = fig("Gradient norm: global and per layer", "L2 norm", log=True)
-    for name, d in h.layers.items():
-        idx = _pick(len(d["seq"]))
-        f.add_scatter(x=[d["step"][i] for i in idx], y=_positive([d["grad_norm"][i] for i in idx]), name=name,
-                      mode="lines", line={"width": 1}, opacity=0.7)
-    f.add_scatter(x=steps, y=_positive(c.get("grad_norm", [])), name="global", mode="lines",
-                  line={"color": "black", "width": 3})
+    out["grad_norms"] = _layer_lines(fig("Gradient norm: global and per layer", "L2 norm", log=True), h, steps,
+                                     "grad_norm")
 
     f = out["grad_bars"] = fig("Gradient norm per layer, latest sample", "L2 norm", log=True)
     last = {name: d["grad_norm"][-1] for name, d in h.layers.items() if d["seq"] and d["seq"][-1] == (c["seq"] or [None])[-1]}
@@ -161,13 +167,8 @@ def figures(h: History) -> dict[str, Any]:
     else:
         _empty(f, "no per-layer gradient recorded")
 
-    f = out["update_ratios"] = fig("Update ratio (update norm / weight norm; healthy about 1e-3)", "ratio", log=True)
-    for name, d in h.layers.items():
-        idx = _pick(len(d["seq"]))
-        f.add_scatter(x=[d["step"][i] for i in idx], y=_positive([d["update_ratio"][i] for i in idx]), name=name,
-                      mode="lines", line={"width": 1}, opacity=0.7)
-    f.add_scatter(x=steps, y=_positive(c.get("update_ratio", [])), name="global", mode="lines",
-                  line={"color": "black", "width": 3})
+    out["update_ratios"] = _layer_lines(fig("Update ratio (update norm / weight norm; healthy about 1e-3)", "ratio",
+                                            log=True), h, steps, "update_ratio")
 
     for key, title, scale in (("dead", "Dead units: fraction never positive over the window", "Reds"),
                               ("saturated", "Saturated activations: fraction in the flat region", "Purples")):

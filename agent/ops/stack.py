@@ -79,6 +79,17 @@ def alertmanager_config(shipped: Path, templates: Path, slack_url_file: str | No
     return cfg
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL when it is still running after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @dataclass
 class _Child:
     name: str
@@ -93,13 +104,7 @@ class _Child:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def _start(name: str, argv: list[str], port: int, state: Path, timeout: float = 30.0) -> _Child:

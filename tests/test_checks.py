@@ -400,3 +400,23 @@ def test_a_loss_that_rises_with_the_data_per_step_is_neither_a_spike_nor_diverge
     assert not _episodes(lengths, losses, norms) & {"loss_spike", "divergence", "loss_not_decreasing"}
     # The same curves with a constant amount of data per step: the rise is the run's own.
     assert {"loss_spike", "divergence"} <= _episodes([10.0] * 18, losses, norms)
+
+
+def _surrogate_run(norms, losses, initial):
+    eng, rec = engine()
+    mon = fake_monitor(params=SimpleNamespace(initial_weight_norm=initial))
+    for i, (w, loss) in enumerate(zip(norms, losses)):
+        eng.evaluate(snap(i * 10, first_loss=0.1, loss=loss, loss_min=-0.5 if i == 1 else None,
+                          layers=(layer(weight=w, update=w * 1e-3),)), mon)
+    return rec, eng
+
+
+def test_a_surrogate_loss_below_zero_is_judged_by_the_weights_alone():
+    # A policy-gradient loss swinging around 0: its rise (0.1 -> 3e-14 -> 6e-14, or 132x) says nothing.
+    rec, _ = _surrogate_run([9.0, 9.5, 10.4, 11.2, 12.0], [None, 0.4, 13.0, 0.2, 5.0], initial=8.9)
+    assert not {e[1] for e in rec.events} & {"divergence", "loss_spike"}
+    # Weights thrown out several-fold by the updates (an LR 100x too high): divergence, said without the loss.
+    rec, eng = _surrogate_run([32.6, 58.96, 58.955, 58.953, 58.95], [None, 3e-14, 6e-14, 5e-14, 6e-14], initial=8.9)
+    assert ("fired", "divergence", None, 10) in rec.events or any(e[:2] == ("fired", "divergence") for e in rec.events)
+    message = next(f.message for f in eng.incidents.active.values() if f.check == "divergence")
+    assert "went below 0" in message and "loss rose" not in message

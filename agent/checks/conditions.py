@@ -257,7 +257,7 @@ def loss_spike(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     # is a history, far above the first loss (measured before any update) is a spike too.
     if s.loss is None or not math.isfinite(s.loss):
         return
-    if _more_data(e, s, int(e.th(c, "history"))):
+    if _more_data(e, s, int(e.th(c, "history"))) or getattr(e, "loss_negative", False):
         return
     past = [v for _, v in list(e.losses)[:-1]][-int(e.th(c, "history")):]
     factor = e.th(c, "factor")
@@ -285,7 +285,12 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
     history = list(e.history)
     norms = [h.weight_norm for h in history[-(window + 1):]]
     start = getattr(getattr(m, "params", None), "initial_weight_norm", None)  # at attach, before any update
-    far = best > 0 and s.loss >= e.th(c, "loss_rise") * best
+    # The loss rose with the data of a step, not away from its basin: stand aside. A surrogate loss (it went
+    # below 0: a policy gradient) has ratios to its best that mean nothing: only the weights speak then.
+    surrogate = bool(getattr(e, "loss_negative", False))
+    if _more_data(e, s) and not surrogate:
+        return
+    far = not surrogate and best > 0 and s.loss >= e.th(c, "loss_rise") * best
     if not norms or norms[-1] is None:
         return
     fields = {"window": window, "best": best, "loss": s.loss}
@@ -295,13 +300,14 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         low = min([h.weight_norm for h in e.history if h.weight_norm] + ([start] if start else []), default=0.0)
         thrown = low > 0 and norms[-1] >= e.th(c, "strong_growth") * low
         if far or thrown:
-            yield None, norms[-1], {**fields, "growth": norms[-1] / norms[0] if norms[0] else math.inf}
+            held = {"what": f"global weight norm stands at {norms[-1]:.3g}, {norms[-1] / low:.1f}x its smallest, "
+                            "thrown out by the optimizer's updates (the loss went below 0, a surrogate objective "
+                            "whose rise shows nothing)"} if surrogate else {}
+            yield None, norms[-1], {**fields, "growth": norms[-1] / norms[0] if norms[0] else math.inf, **held}
         return
     if any(n is None or not math.isfinite(n) or n <= 0 for n in norms):
         return
-    if _more_data(e, s):  # the loss rose with the data of a step, not away from its basin
-        return
-    if len(norms) == window + 1:
+    if len(norms) == window + 1 and not surrogate:
         rising = all(b > a * (1 + e.th(c, "min_step_growth")) for a, b in zip(norms, norms[1:]))  # a runaway
         growth = norms[-1] / norms[0]
         if far and rising and growth >= e.th(c, "growth") and _trained(norms, history[-len(norms) + 1:]):
@@ -327,7 +333,12 @@ def divergence(e: Any, c: Check, s: Snapshot, m: Any) -> Iterator[Condition]:
         before.append(s.first_loss)
     ref = min(before, default=None)
     peak = max((v for st, v in e.losses if st > ref_step), default=None)
-    if growth >= e.th(c, "strong_growth") and ref and ref > 0 and peak is not None \
+    if growth >= e.th(c, "strong_growth") and surrogate:
+        yield None, norms[-1], {**fields, "growth": growth, "window": len(series) - 1,
+                                "what": f"global weight norm grew {growth:.1f}x over {len(series) - 1} samples to "
+                                        f"{norms[-1]:.3g} through the optimizer's updates (the loss went below 0, a "
+                                        "surrogate objective whose rise shows nothing)"}
+    elif growth >= e.th(c, "strong_growth") and ref and ref > 0 and peak is not None \
             and peak >= e.th(c, "strong_loss_rise") * ref:
         yield None, norms[-1], {**fields, "growth": growth, "best": ref, "loss": peak, "window": len(series) - 1}
 

@@ -153,8 +153,8 @@ class CheckEngine:
 
     def _finding(self, check: Check, module: str | None, track: _Track) -> Finding:
         fields = {"module": module or "the model", "value": track.value, "since": track.since, **track.fields}
-        try:
-            what = check.description.format(**fields)
+        try:  # a condition that saw something the template cannot say words it itself ("what")
+            what = track.fields.get("what") or check.description.format(**fields)
         except (KeyError, ValueError, TypeError):
             what = f"{check.summary} value={track.value!r}"
         if track.fields.get("note"):  # what the condition saw that changes the reading (and the advice)

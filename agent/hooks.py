@@ -90,6 +90,9 @@ class ModelHooks:
                 own = seconds - (self.guard.seconds - self._forward_agent0)
                 self.guard.charge(self.forward_cost.observe(own, probed))
             if probed:
+                # The primary output only (a returned hidden state, `return logits, h`, stays judged).
+                self.guard.call("activations", self.probe.mark_model_output, _grad_tensors(output, limit=1) or
+                                _grad_tensors(output, limit=1, grad_only=False))
                 self.probe.end()
             if self._sampled and torch.is_grad_enabled():  # read the gradients when this output's backward ends
                 for out in _grad_tensors(output):
@@ -182,14 +185,15 @@ def _fp16_autocast() -> bool:
     return False
 
 
-def _grad_tensors(output: Any, limit: int = 4) -> list[Tensor]:
-    """Up to ``limit`` tensors of a forward's output (tensor, tuple, list, dict) that require grad."""
+def _grad_tensors(output: Any, limit: int = 4, grad_only: bool = True) -> list[Tensor]:
+    """Up to ``limit`` tensors of a forward's output (tensor, tuple, list, dict) that require grad (any tensor
+    with ``grad_only`` False)."""
     found: list[Tensor] = []
     stack = [output]
     while stack and len(found) < limit:
         v = stack.pop(0)
         if isinstance(v, Tensor):
-            if v.requires_grad:
+            if v.requires_grad or not grad_only:
                 found.append(v)
         elif isinstance(v, dict):
             stack.extend(v.values())

@@ -760,3 +760,38 @@ def test_forgotten_zero_grad_is_found_when_a_step_runs_many_forwards(zero_grad):
     found = {f.check for f in mon.findings}
     mon.close()
     assert ("gradients_not_cleared" in found) == (not zero_grad), found
+
+
+@pytest.mark.parametrize("head", ["module", "functional_view"])
+def test_a_confident_sigmoid_output_is_not_called_saturated_but_a_hidden_one_is(head):
+    """A binary classifier's final sigmoid near 0/1 means confident (BCE's gradient p - y does not vanish); the
+    same saturation in a hidden layer starves the layers below it."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(10, 32), nn.Linear(32, 1)
+            self.out = nn.Sigmoid()
+
+        def forward(self, x):
+            h = torch.sigmoid(8 * self.a(x))  # hidden and saturated: judged
+            z = self.b(h)
+            return self.out(z) if head == "module" else torch.sigmoid(z).squeeze(-1)
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 10)
+    y = (x @ torch.randn(10) > 0).float()
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    mon = agent.attach(model, opt, port=None, sample_every=1, overhead_budget=None, checks=False)
+    for step in range(200):
+        idx = torch.randint(0, 512, (64,))
+        p = model(x[idx]).reshape(-1)
+        opt.zero_grad()
+        F.binary_cross_entropy(p, y[idx]).backward()
+        opt.step()
+    sat = {a.key: a.saturated_ratio for a in mon.snapshot.activations}
+    mon.close()
+    output = [k for k in sat if k != "(root):sigmoid"]  # "out", or the second functional call "(root):sigmoid#1"
+    assert output and sat["(root):sigmoid"] is not None and sat["(root):sigmoid"] > 0.5  # the hidden one
+    assert all(sat[k] is None for k in output), sat  # the output: not judged (it is confident by now)

@@ -157,6 +157,7 @@ class ActivationProbe:
         self.dropped_sites: set[str] = set()
         self._stack: list[str | None] = []
         self._calls: dict[str, int] = {}
+        self._flat_outs: dict[str, Any] = {}  # site -> weakref to its tanh/sigmoid output in this forward
         self._mode: _Mode | None = None
         self._handles: list[RemovableHandle] = []
         self._observed: set[str] = set()
@@ -229,9 +230,23 @@ class ActivationProbe:
         self._mode = _Mode(self)
         self._mode.__enter__()
 
+    def mark_model_output(self, outputs: list[Tensor]) -> None:
+        """Before ``end()``: a tanh/sigmoid whose result the model returns as its (first) output, itself or a
+        view of it, is the model's output. Saturated there means confident, and the loss's gradient (p - y for BCE on a sigmoid)
+        does not vanish with it: its saturation is not judged."""
+        for key, ref in self._flat_outs.items():
+            o = ref()
+            if o is None or key not in self.sites:
+                continue
+            for t in outputs:
+                if t is o or t._base is o or (t.data_ptr() == o.data_ptr() and t.numel() == o.numel()):
+                    self.sites[key].is_output = True
+        self._flat_outs = {}
+
     def end(self, complete: bool = True) -> None:
         """Called from the root module's forward hook (also when the forward raised an Exception); ``complete``
         False: the forward was interrupted, so what it saw does not choose the path of later samples."""
+        self._flat_outs = {}
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
@@ -321,6 +336,7 @@ class ActivationProbe:
         else:
             site.units = x.shape[stats.unit_axis(x.ndim)] if x.ndim else 1
         if spec.half_width is not None:
+            self._flat_outs[key] = weakref.ref(out)  # is it what the model returns? (mark_model_output)
             site.sat.append(stats.saturated_count(x, spec.center or 0.0, spec.half_width))
             site.numel += x.numel()
         site.nonfinite.append(_nonfinite(site, fn, x, peak))
@@ -365,7 +381,7 @@ class ActivationProbe:
             if site.sat:
                 sat = math.fsum(sat_all[sat_pos : sat_pos + len(site.sat)])
                 sat_pos += len(site.sat)
-                if site.numel:
+                if site.numel and not site.is_output:
                     sat_ratio = sat / site.numel if sat == sat else None  # NaN input: unknown
             values = nonfinite_all[nonfinite_pos : nonfinite_pos + len(site.nonfinite)]
             nonfinite_pos += len(site.nonfinite)

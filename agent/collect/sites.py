@@ -18,7 +18,7 @@ class SiteState:
     """Per call site: device-side accumulators, reset at each sample; the dead-unit history persists."""
 
     __slots__ = ("kind", "spec", "units", "last_alive", "seen", "calls", "rows", "steps", "sat", "numel", "nonfinite",
-                 "counted", "exact")
+                 "counted", "exact", "is_output")
 
     def __init__(self, kind: str, spec: Any, window: int = 8) -> None:
         self.kind = kind
@@ -36,6 +36,7 @@ class SiteState:
         self.nonfinite: list[Tensor] = []  # per call: an exact count, or a detector (a sum) when not `counted`
         self.counted: list[bool] = []
         self.exact = False  # count non-finite elements exactly (after a sample found some here)
+        self.is_output = False  # the model returns this tanh/sigmoid's result: its saturation is not judged
 
 
 def dead_window(steps: "deque[tuple[int, int]]", window: int) -> int | None:

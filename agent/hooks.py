@@ -65,7 +65,7 @@ class ModelHooks:
                         self.params.fp16_autocast_seen = _fp16_autocast()
                     self.guard.call("inputs", self.inputs.observe, args, kwargs)
             elif any(m.training for m in self._train_sensitive):
-                self.eval_in_train_forwards += 1
+                self.nograd_forwards.seen()  # counted at the step's end unless part of the loop (collect.nograd)
         except Exception:  # noqa: BLE001
             self.guard.failed("forward")
         finally:

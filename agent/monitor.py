@@ -26,6 +26,7 @@ from .collect.budget import ForwardCost, SampleSchedule
 from .collect.distributed import RankInfo, exports_per_module, is_sharded, next_fingerprint, unwrap
 from .collect.logged import LoggedValues
 from .collect.memory import MemoryReader
+from .collect.nograd import NoGradForwards
 from .collect.params import ParamTracker, optimizer_param_ids
 from .collect.probes import ActivationProbe
 from .collect.steps import StepClock
@@ -101,7 +102,7 @@ class Monitor(ModelHooks):
         self._forward_started: float | None = None
         self._forward_agent0 = 0.0  # agent seconds when the running forward started
         self._train_sensitive = [m for m in model.modules() if isinstance(m, _TRAIN_MODE_SENSITIVE)]
-        self.eval_in_train_forwards = 0
+        self.nograd_forwards = NoGradForwards()
         if options.native and self.params.any_on_cpu():
             native.start()  # background build/load; CPU statistics use torch ops until it is ready
 
@@ -220,6 +221,12 @@ class Monitor(ModelHooks):
         end = time.monotonic() + timeout
         return all([sink.flush(max(0.0, end - time.monotonic())) for sink in self.sinks])
 
+    @property
+    def eval_in_train_forwards(self) -> int:
+        """Forwards without autograd, with dropout/batch-norm in training mode, that look like evaluations
+        (counted at step ends; those in most steps are part of the loop: agent.collect.nograd)."""
+        return self.nograd_forwards.counted
+
     def close(self) -> None:
         """Remove every hook, stop the server and threads (within CLOSE_SECONDS whatever receivers do). Idempotent."""
         if self._closed:
@@ -265,6 +272,7 @@ class Monitor(ModelHooks):
     def _boundary(self) -> None:
         opt = self._opt_ref() if self._opt_ref is not None else None
         self.steps.boundary(self._clock(), self._wall(), opt)
+        self.nograd_forwards.end_step()
         if self._sampled:
             try:
                 self._finish_sample(opt)

@@ -4,6 +4,7 @@ when the last monitor closes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -175,3 +176,28 @@ def test_a_compiled_loss_traces_through_the_wrapper_without_a_graph_break():
     compiled = torch.compile(lambda o, t: F.cross_entropy(o, t), fullgraph=True, backend="eager")
     assert torch.equal(compiled(out, y), F.cross_entropy(out, y))
     mon.close()
+
+
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["small_logits", "sigmoid_outputs"])
+def test_bce_logits_that_happen_to_lie_in_0_1_are_not_called_probabilities(sigmoid):
+    """A GAN's discriminator near equilibrium gives logits around 0..1: the autograd graph says they come from a
+    linear layer. Outputs of a sigmoid passed to BCEWithLogitsLoss are flagged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    with torch.no_grad():
+        model[2].weight.mul_(0.01)
+        model[2].bias.fill_(0.5)  # every logit near 0.5
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = agent.attach(model, opt, port=None, sample_every=1, overhead_budget=None)
+    for _ in range(6):
+        out = model(torch.randn(64, 4))
+        if sigmoid:
+            out = torch.sigmoid(out)
+        loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), torch.ones(64))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.log(loss=loss)
+    found = {f.check for f in mon.findings}
+    mon.close()
+    assert ("probabilities_as_logits" in found) == sigmoid, found

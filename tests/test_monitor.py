@@ -411,17 +411,29 @@ def test_zero_grad_between_forward_and_backward_is_fine():
     mon.close()
 
 
-def test_eval_without_model_eval_is_counted():
+def _steps_with_nograd(every: int, steps: int = 30) -> int:
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mon = agent.attach(model, opt, port=None, sample_every=1)
-    with torch.no_grad():
-        model(torch.randn(2, 4))  # forgot model.eval()
-        model.eval()
-        model(torch.randn(2, 4))  # correct
-        model.train()
-    assert mon.eval_in_train_forwards == 1
+    mon = agent.attach(model, opt, port=None, sample_every=1, checks=False)
+    for step in range(steps):
+        if step % every == 0:
+            with torch.no_grad():
+                model(torch.randn(2, 4))  # in training mode
+                model.eval()
+                model(torch.randn(2, 4))  # correct: not counted
+                model.train()
+        opt.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+    counted = mon.eval_in_train_forwards
     mon.close()
+    return counted
+
+
+def test_eval_without_model_eval_is_counted_but_no_grad_forwards_of_every_step_are_not():
+    assert _steps_with_nograd(every=10) == 3  # evaluation bursts (steps 0, 10, 20) that forgot model.eval()
+    # A GAN's fakes or a policy's actions made under no_grad in every step: part of the loop, not an evaluation.
+    assert _steps_with_nograd(every=1) == 0
 
 
 def test_constant_init_found_at_attach():

@@ -64,6 +64,8 @@ class LossWatch:
         with torch.no_grad():
             x = inp.detach()
             if name == "binary_cross_entropy_with_logits":
+                if _affine_producer(inp):  # logits straight from a linear layer: in [0, 1] by chance only
+                    return
                 values = x.reshape(-1)[:ROWS * 512].float()
                 in_unit = (values.amin() >= 0) & (values.amax() <= 1) & (values.amax() > values.amin())
                 self._pending = {"function": name, "flag": in_unit if values.numel() >= 32 else None}
@@ -123,6 +125,36 @@ class LossWatch:
         _watches.discard(self)
         if not len(_watches):
             _uninstall()
+
+
+_SHAPE_ONLY = frozenset({
+    "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1",
+    "SqueezeBackward2", "SqueezeBackward3", "UnsqueezeBackward0", "TBackward0", "PermuteBackward0",
+    "TransposeBackward0", "TransposeBackward1", "SelectBackward0", "SliceBackward0", "ExpandBackward0",
+    "CloneBackward0", "CatBackward0", "IndexBackward0", "ToCopyBackward0", "FlattenBackward0",
+})
+"""Autograd nodes that move or copy values without changing them: looked through to the op that made them."""
+_AFFINE = frozenset({
+    "AddmmBackward0", "MmBackward0", "BmmBackward0", "MvBackward0", "AddmvBackward0", "BaddbmmBackward0",
+    "ConvolutionBackward0", "LinearBackward0", "AddBackward0", "SubBackward0",
+})
+"""Ops whose outputs are unbounded (a linear layer, a bias added): logits, whatever range a batch shows."""
+
+
+def _affine_producer(t: Tensor) -> bool:
+    """Whether the autograd graph says ``t`` came from a linear layer (through reshapes only): then values in
+    [0, 1] are logits that happen to be small (a GAN's discriminator near equilibrium), not sigmoid outputs."""
+    fn = t.grad_fn
+    for _ in range(16):
+        if fn is None:
+            return False
+        name = fn.name()
+        if name in _AFFINE:
+            return True
+        if name not in _SHAPE_ONLY:
+            return False
+        fn = next((f for f, _ in fn.next_functions if f is not None), None)
+    return False
 
 
 def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -117,7 +117,7 @@ class NNWatchCollector:
         yield err
         yield from self._one("counter", "nnwatch_agent_time_seconds", "Time the agent spent on the training thread, including its estimated cost inside sampled forwards.", m.guard.seconds)
         yield from self._one("gauge", "nnwatch_agent_overhead_ratio", "Agent time as a share of step time over the last sample interval (0..1); the overhead budget holds it at overhead_budget.", m.overhead_ratio)
-        yield from self._one("counter", "nnwatch_eval_in_train_mode_forwards", "Forward passes without autograd while dropout/batch-norm modules were in training mode.", m.eval_in_train_forwards)
+        yield from self._one("counter", "nnwatch_eval_in_train_mode_forwards", "Forward passes without autograd while dropout/batch-norm modules were in training mode, in evaluation bursts (not those in most steps: a GAN's no_grad fakes, a policy acting).", m.eval_in_train_forwards)
         const = self._family("gauge", "nnwatch_constant_weights", "Layers with a >= 2-D weight of zero spread at attach (1 = constant).", ["module"])
         for module in m.constant_weights:
             const.add_metric([*ev, module], 1)

@@ -161,8 +161,11 @@ def test_faults_reach_pagerduty_and_slack_and_resolve(servers: ServerPool, tmp_p
         time.sleep(GROUP_INTERVAL_S + 1)
         posts = receiver.posts()
         assert not [p for p in posts if _job(p) == "nnwatch-healthy"], posts
-        leaked = [p for p in receiver.posts("/slack") if _job(p) == "nnwatch-nan" and _is_firing(p) and p.time < resolve.time - 1]
-        assert not leaked, leaked
+        # While the NaN is there nothing of it reaches Slack. Once it is gone the page and its consequences
+        # resolve in the same evaluation; Alertmanager may lift the inhibition a moment before it hears that a
+        # consequence resolved too, and post it once: that race is Alertmanager's, not a leak of the fault.
+        leaked = [p for p in receiver.posts("/slack") if _job(p) == "nnwatch-nan" and _is_firing(p) and p.time < nan_off]
+        assert not leaked, [(p.time - resolve.time, p.body["attachments"][0]["title"]) for p in leaked]
         assert not [p for p in receiver.posts("/pagerduty") if _job(p) != "nnwatch-nan"]
         assert not [a for a in prometheus_alerts(prom_url) if a["labels"].get("job") == "nnwatch-healthy"]
         t0 = min(nan_on, dead_on)

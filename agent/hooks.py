@@ -91,8 +91,7 @@ class ModelHooks:
                 self.guard.charge(self.forward_cost.observe(own, probed))
             if probed:
                 # The primary output only (a returned hidden state, `return logits, h`, stays judged).
-                self.guard.call("activations", self.probe.mark_model_output, _grad_tensors(output, limit=1) or
-                                _grad_tensors(output, limit=1, grad_only=False))
+                self.guard.call("activations", self.probe.mark_model_output, _grad_tensors(output, 1, grad_only=False))
                 self.probe.end()
             if self._sampled and torch.is_grad_enabled():  # read the gradients when this output's backward ends
                 for out in _grad_tensors(output):
@@ -102,8 +101,8 @@ class ModelHooks:
                 self.guard.call("retained_graphs", self.graphs.plant, output, self.steps.step_index)
             if self.steps.first_forward_pending and torch.is_grad_enabled():
                 self.steps.first_forward_pending = False
-                self._uncleared_task = None if self._uncleared_due else -1
-            if self._uncleared_due and self._uncleared_task is None and torch.is_grad_enabled():
+                self._uncleared_armed = self._uncleared_due
+            if self._uncleared_armed and torch.is_grad_enabled():
                 # The step after a sampled one: is its consumed gradient still there when backward starts? Every
                 # output of every forward of the step gets a hook until one fires. A parameter's gradient
                 # accumulates only after every path to it is done, and each path leaves the model through an
@@ -120,8 +119,8 @@ class ModelHooks:
     def _on_backward_start(self, grad: Tensor) -> None:
         """Fires when backward reaches a model output: gradients present at the first such moment of the step's
         first backward were not cleared (later outputs of that backward, and later backwards, are ignored)."""
-        if self._uncleared_task is None:
-            self._uncleared_task = torch._C._current_graph_task_id()
+        if self._uncleared_armed:
+            self._uncleared_armed = False
             self.guard.call("uncleared_gradients", self.params.measure_uncleared)
         return None
 

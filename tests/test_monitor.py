@@ -708,7 +708,7 @@ def test_a_nan_cuda_loss_is_seen_without_a_sync_between_samples():
 def test_dead_units_need_enough_observed_rows_when_each_forward_sees_one_sample():
     """A policy acting one state at a time: eight forwards are eight observations. A unit that fires on ~5% of
     inputs is not dead; a unit that never fires is, once DEAD_MIN_ROWS positions were seen."""
-    from agent.collect.probes import DEAD_MIN_ROWS
+    from agent.collect.sites import DEAD_MIN_ROWS
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2))

@@ -22,6 +22,7 @@ from torch import nn
 import agent
 from agent.checks.delivery import Notifier
 from agent.monitor import CLOSE_SECONDS
+from tests.helpers import require_module
 from tests.test_notify import FINDING, Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +222,7 @@ def test_exiting_without_close_waits_at_most_close_seconds():
 
 
 def test_close_is_quick_and_stops_the_history_and_tensorboard_writers(tmp_path):
-    pytest.importorskip("tensorboard")
+    require_module("tensorboard")  # in CI a missing package fails (requirements-test.txt installs it)
     times = []
     for k in range(3):
         mon = _watched(history=str(tmp_path / f"h{k}.sqlite"), tensorboard_dir=str(tmp_path / f"tb{k}"),

@@ -247,7 +247,7 @@ def _more_data(e: Any, s: Snapshot, last: int | None = None) -> bool:
     """Whether ``s`` saw over DATA_GROWTH x the median samples per step of the earlier samples (the last
     ``last`` of them, or all kept)."""
     now = s.samples_per_step
-    earlier = [h.samples_per_step for h in list(e.history)[:-1] if h is not s][-(last or len(e.history)):]
+    earlier = [h.samples_per_step for h in list(e.history)[:-1]][-(last or len(e.history)):]  # the last is s
     earlier = [n for n in earlier if n]
     return bool(now and earlier) and now > DATA_GROWTH * statistics.median(earlier)
 

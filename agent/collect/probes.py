@@ -29,7 +29,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import stats
 from ..snapshot import ActivationStats
-from .sites import DEAD_MIN_ROWS, SiteState as _SiteState, dead_window as _dead_window
+from .sites import SiteState as _SiteState, dead_window as _dead_window
 from .transfer import DeviceBatch
 from .weakhook import WeakHook
 
@@ -236,7 +236,7 @@ class ActivationProbe:
         does not vanish with it: its saturation is not judged."""
         for key, ref in self._flat_outs.items():
             o = ref()
-            if o is None or key not in self.sites:
+            if o is None:
                 continue
             for t in outputs:
                 if t is o or t._base is o or (t.data_ptr() == o.data_ptr() and t.numel() == o.numel()):
